@@ -1,0 +1,16 @@
+"""RadDiffusion: study-level MAE and diffusion-MAE pretraining for chest radiographs.
+
+Public API::
+
+    import raddiffusion as rd
+    store = rd.open_store("store/")
+    ds = rd.StudyDataset(store, split="train", label_policy="ones")
+    loader = torch.utils.data.DataLoader(ds, batch_size=64, collate_fn=rd.collate_studies)
+"""
+from .data.labels import LABELS
+from .data.mimic import DataError, read_mimic
+from .data.store import Store, open_store
+from .data.studies import StudyDataset, collate_studies
+
+__all__ = ["LABELS", "DataError", "Store", "StudyDataset", "collate_studies", "open_store", "read_mimic"]
+__version__ = "0.1.0"

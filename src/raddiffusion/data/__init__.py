@@ -1,0 +1,1 @@
+"""Data: MIMIC-CXR reading, pixel decoding, preprocessing into a store, study batches, demo data."""

@@ -1,0 +1,113 @@
+"""Studies as training examples: a torch ``Dataset`` over a store and a collate for whole studies."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .labels import LABELS, NUM_LABELS, apply_label_policy
+from .mimic import FRONTAL_VIEWS, SPLITS
+from .store import Store
+
+PIXEL_SCALE = 127.5  # uint8 -> [-1, 1]: x = u8 / 127.5 - 1
+
+
+class StudyDataset(Dataset):
+    """The studies of one split of a store; item ``i`` is all (selected) views of study ``i``.
+
+    Views are ordered frontal (PA/AP) first, then the others, each group in store order.
+    ``max_views`` keeps at most that many views per study (frontal first); ``frontal_only`` keeps
+    PA/AP views and drops studies without one; ``labelled_only`` drops studies without a CheXpert
+    row (otherwise their labels are 0 with a zero mask). ``split=None`` takes every split.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        split: str | None = "train",
+        label_policy: str = "ones",
+        max_views: int | None = None,
+        frontal_only: bool = False,
+        labelled_only: bool = False,
+    ):
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)} or None, not {split!r}")
+        if max_views is not None and max_views < 1:
+            raise ValueError(f"max_views must be at least 1, not {max_views}")
+        self.images = store.images
+        index = store.index
+        rows = np.flatnonzero(index["split"].to_numpy() == split) if split else np.arange(len(index))
+        frontal = index["view"].isin(FRONTAL_VIEWS).to_numpy()[rows]
+        if frontal_only:
+            rows, frontal = rows[frontal], frontal[frontal]
+        study_of_row = index["study_id"].to_numpy()[rows]
+        order = np.lexsort((rows, ~frontal, _first_seen_rank(study_of_row)))
+        rows, study_of_row = rows[order], study_of_row[order]
+        starts = np.flatnonzero(np.r_[True, study_of_row[1:] != study_of_row[:-1]])
+        self.study_ids = study_of_row[starts]
+        self.subject_ids = index["subject_id"].to_numpy()[rows[starts]]
+        self._rows, self._starts = rows, np.r_[starts, len(rows)]
+        self.max_views = max_views
+        raw = store.labels.reindex(self.study_ids)[list(LABELS)].to_numpy(np.float32)
+        self.labels, self.label_mask = apply_label_policy(raw, label_policy)
+        self.labelled = np.isin(self.study_ids, store.labels.index.to_numpy())
+        self.label_mask[~self.labelled] = 0.0
+        if labelled_only:
+            self._keep(np.flatnonzero(self.labelled))
+
+    def _keep(self, studies: np.ndarray) -> None:
+        rows = [self._rows[self._starts[s] : self._starts[s + 1]] for s in studies]
+        lengths = np.array([len(r) for r in rows], dtype=np.int64)
+        self._rows = np.concatenate(rows) if rows else np.empty(0, np.int64)
+        self._starts = np.r_[0, np.cumsum(lengths)]
+        self.study_ids, self.subject_ids = self.study_ids[studies], self.subject_ids[studies]
+        self.labels, self.label_mask = self.labels[studies], self.label_mask[studies]
+        self.labelled = self.labelled[studies]
+
+    def __len__(self) -> int:
+        return len(self.study_ids)
+
+    def num_images(self) -> int:
+        """Images over all studies, after ``max_views``."""
+        lengths = np.diff(self._starts)
+        return int(np.minimum(lengths, self.max_views).sum() if self.max_views else lengths.sum())
+
+    def image_rows(self, i: int) -> np.ndarray:
+        """Store rows of the views of study ``i``, in the order they are returned."""
+        rows = self._rows[self._starts[i] : self._starts[i + 1]]
+        return rows[: self.max_views] if self.max_views else rows
+
+    def __getitem__(self, i: int) -> dict:
+        rows = self.image_rows(i)
+        contiguous = rows[-1] - rows[0] == len(rows) - 1 and np.all(np.diff(rows) == 1)
+        pixels = self.images[int(rows[0]) : int(rows[-1]) + 1] if contiguous else self.images[rows]
+        return {
+            "images": pixels,
+            "labels": self.labels[i],
+            "label_mask": self.label_mask[i],
+            "study_id": int(self.study_ids[i]),
+        }
+
+
+def _first_seen_rank(values: np.ndarray) -> np.ndarray:
+    """For each element, the rank of its value by first appearance (keeps studies in store order)."""
+    _, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+    return np.argsort(np.argsort(first))[inverse]
+
+
+def collate_studies(items: list[dict]) -> dict[str, torch.Tensor]:
+    """Stack whole studies into one batch.
+
+    Returns ``images`` float ``[N, 1, H, W]`` in [-1, 1], ``lengths`` int64 ``[S]`` (views per study,
+    in order), ``labels`` and ``label_mask`` float ``[S, 14]`` and ``study_id`` int64 ``[S]``.
+    """
+    lengths = torch.tensor([len(item["images"]) for item in items], dtype=torch.int64)
+    pixels = torch.from_numpy(np.concatenate([item["images"] for item in items]))
+    images = pixels.unsqueeze(1).float().mul_(1.0 / PIXEL_SCALE).sub_(1.0)
+    return {
+        "images": images,
+        "lengths": lengths,
+        "labels": torch.from_numpy(np.stack([item["labels"] for item in items])).reshape(-1, NUM_LABELS),
+        "label_mask": torch.from_numpy(np.stack([item["label_mask"] for item in items])).reshape(-1, NUM_LABELS),
+        "study_id": torch.tensor([item["study_id"] for item in items], dtype=torch.int64),
+    }
