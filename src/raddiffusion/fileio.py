@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+TEMPORARY_GLOB = ".*.tmp-*"  # names atomic_path writes to before renaming
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:

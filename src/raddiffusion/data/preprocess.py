@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ..fileio import atomic_path, read_json, write_json
+from ..fileio import TEMPORARY_GLOB, atomic_path, read_json, write_json
 from .decode import DecodeError, load_image
 from .labels import LABELS
 from .mimic import DataError, MimicTree, read_mimic
@@ -107,6 +107,7 @@ def preprocess(
     shard_dir = Path(store) / shard_dirname(*shard)
     params = _params(images, image_size, chunk_size, shard)
     _check_or_write_params(shard_dir, params)
+    remove_stale_temporaries(shard_dir)
     if (shard_dir / DONE_FILE).is_file():
         done = read_json(shard_dir / DONE_FILE)
         return PreprocessSummary(shard_dir, len(images), done["images"], done["skipped"], 0, len(images), 0.0)
@@ -129,6 +130,12 @@ def select_shard(images: pd.DataFrame, shard: int, num_shards: int) -> pd.DataFr
     subjects = np.sort(images["subject_id"].unique())
     mine = subjects[shard - 1 :: num_shards]
     return images[images["subject_id"].isin(mine)].reset_index(drop=True)
+
+
+def remove_stale_temporaries(shard_dir: Path) -> None:
+    """Delete temporary files an interrupted run left behind (one run per shard at a time)."""
+    for leftover in shard_dir.glob(f"**/{TEMPORARY_GLOB}"):
+        leftover.unlink(missing_ok=True)
 
 
 def _params(images: pd.DataFrame, image_size: int, chunk_size: int, shard: tuple[int, int]) -> dict:

@@ -1,0 +1,60 @@
+"""The command line: help for newcomers, one-line errors with exit code 2, summary lines."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from raddiffusion.cli import main
+
+COMMANDS = ["demo", "synth", "preprocess"]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "raddiffusion", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"raddiffusion {command}" in capsys.readouterr().out
+
+
+def test_top_level_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert all(command in out for command in COMMANDS)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["preprocess", "x", "y", "--image-size", "zero"], ["preprocess", "x"], ["synth", "out", "--format", "png"], ["fly"]],
+)
+def test_usage_errors_exit_2(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+
+
+def test_missing_tree_is_one_line_exit_2(tmp_path):
+    result = _cli("preprocess", str(tmp_path / "nowhere"), str(tmp_path / "store"))
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "nowhere" in result.stderr and "not a directory" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_shard_is_one_line_exit_2(small_tree, tmp_path):
+    result = _cli("preprocess", str(small_tree.root), str(tmp_path / "store"), "--shard", "3/2")
+    assert result.returncode == 2 and "--shard" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_preprocess_prints_a_summary_line(small_tree, tmp_path):
+    result = _cli("preprocess", str(small_tree.root), str(tmp_path / "store"), "--image-size", "16", "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("preprocess: stored 15 of 15 images") and "none skipped" in last
