@@ -4,7 +4,7 @@ Builds a store from demo data (synth -> preprocess) once, then times shuffled ep
 ``DataLoader(StudyDataset, batch_size=B studies, collate_fn=collate_studies)`` in this process
 (``num_workers=0``: one process does the reading and the float conversion).
 
-    python benchmarks/bench_loader.py [--subjects 600] [--image-size 256] [--epochs 5] [--batch-size 64]
+    python benchmarks/bench_loader.py [--subjects 600] [--image-size 256] [--epochs 10] [--batch-size 64]
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subjects", type=int, default=600)
     parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64, help="studies per batch")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

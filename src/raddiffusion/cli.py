@@ -100,10 +100,12 @@ def _positive_int(text: str) -> int:
 
 
 def run_synth(args: argparse.Namespace) -> None:
+    from .data.preprocess import available_cpus
     from .data.synth import synthesize
 
     started = time.perf_counter()
-    summary = synthesize(args.out, subjects=args.subjects, fmt=args.format, seed=args.seed, workers=args.workers)
+    workers = args.workers or available_cpus()
+    summary = synthesize(args.out, subjects=args.subjects, fmt=args.format, seed=args.seed, workers=workers)
     print(
         f"synth: wrote {summary.images} {args.format} images of {summary.studies} studies "
         f"({summary.labelled_studies} labelled) from {summary.subjects} subjects to {args.out} "
@@ -121,7 +123,7 @@ def run_preprocess(args: argparse.Namespace) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> None:
-    from .data.preprocess import preprocess
+    from .data.preprocess import available_cpus, preprocess
     from .data.store import open_store
     from .data.studies import StudyDataset, collate_studies
     from .data.synth import synthesize
@@ -130,7 +132,7 @@ def run_demo(args: argparse.Namespace) -> None:
     tree = args.out / "mimic"
     if not _tree_complete(tree):
         shutil.rmtree(tree, ignore_errors=True)
-        synthesize(tree, subjects=args.subjects, seed=args.seed)
+        synthesize(tree, subjects=args.subjects, seed=args.seed, workers=available_cpus())
     print(preprocess(tree, args.out / "store").line())
     store = open_store(args.out / "store")
     train = StudyDataset(store, split="train")
