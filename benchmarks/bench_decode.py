@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +23,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 
 from raddiffusion.data.decode import load_image
+
+from machine import describe_machine
 
 WIDTH, HEIGHT = 2500, 3000
 JPEG_QUALITY = 95
@@ -122,8 +123,7 @@ def main() -> None:
         result = {
             "image": f"{WIDTH}x{HEIGHT}",
             "target_size": args.size,
-            "python": platform.python_version(),
-            "machine": platform.machine(),
+            **describe_machine(),
         }
         result |= measure("jpg", jpegs, args.size, args.seconds)
         floor_rate = bare_eighth_scale_decodes_per_second(jpegs, args.seconds)

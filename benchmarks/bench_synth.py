@@ -14,6 +14,8 @@ from pathlib import Path
 
 from raddiffusion.data.synth import EXPECTED_IMAGES_PER_SUBJECT, FORMATS, synthesize
 
+from machine import describe_machine
+
 DEFAULT_IMAGES = 1000
 BENCH_SEED = 0
 SUBJECT_HEADROOM = 1.05  # images per subject vary; aim a little high to reach the requested count
@@ -28,7 +30,7 @@ def bench(fmt: str, images: int, workers: int) -> dict:
                              workers=workers, progress=False)
         seconds = time.perf_counter() - start
     return {"format": fmt, "images": summary.images, "seconds": round(seconds, 2),
-            "images_per_s": round(summary.images / seconds, 1), "workers": workers}
+            "images_per_s": round(summary.images / seconds, 1), "workers": workers, **describe_machine()}
 
 
 def main() -> None:

@@ -58,3 +58,20 @@ def test_preprocess_prints_a_summary_line(small_tree, tmp_path):
     assert result.returncode == 0, result.stderr
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("preprocess: stored 15 of 15 images") and "none skipped" in last
+
+
+def test_synth_then_demo_end_to_end(tmp_path):
+    result = _cli("synth", str(tmp_path / "tree"), "--subjects", "4", "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("synth: wrote") and (tmp_path / "tree" / "files").is_dir()
+    again = _cli("synth", str(tmp_path / "tree"), "--subjects", "4")
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+
+    demo = _cli("demo", "--out", str(tmp_path / "demo"), "--subjects", "12")
+    assert demo.returncode == 0, demo.stderr
+    lines = demo.stdout.strip().splitlines()
+    assert lines[-1].startswith("demo: a batch of") and any(line.startswith("store: ") for line in lines)
+    rerun = _cli("demo", "--out", str(tmp_path / "demo"), "--subjects", "12")
+    assert rerun.returncode == 0 and "decoded 0, reused" in rerun.stdout
+    other = _cli("demo", "--out", str(tmp_path / "demo"), "--subjects", "13")
+    assert other.returncode == 2 and "--subjects 12" in other.stderr

@@ -12,6 +12,7 @@ from .data.mimic import CHEXPERT_CSV, METADATA_CSV, SPLIT_CSV, DataError, find_c
 USAGE_ERROR = 2
 INTERRUPTED = 130
 DEMO_SUBJECTS = 240
+DEMO_SETTINGS = "demo.json"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,6 +130,7 @@ def run_demo(args: argparse.Namespace) -> None:
     from .data.synth import synthesize
 
     started = time.perf_counter()
+    _check_demo_settings(args.out, {"subjects": args.subjects, "seed": args.seed})
     tree = args.out / "mimic"
     if not _tree_complete(tree):
         shutil.rmtree(tree, ignore_errors=True)
@@ -142,6 +144,17 @@ def run_demo(args: argparse.Namespace) -> None:
         f"demo: a batch of {len(batch['lengths'])} train studies holds {batch['images'].shape[0]} images "
         f"{tuple(batch['images'].shape[1:])}; done in {time.perf_counter() - started:.1f}s (data in {args.out})"
     )
+
+
+def _check_demo_settings(out: Path, settings: dict) -> None:
+    """Record the demo's data settings in OUT, or refuse to mix runs made with other settings."""
+    from .fileio import read_json, write_json
+
+    path = out / DEMO_SETTINGS
+    if path.is_file() and read_json(path) != settings:
+        earlier = ", ".join(f"--{k} {v}" for k, v in read_json(path).items())
+        raise ValueError(f"{out} holds a demo made with {earlier}; use those or another --out")
+    write_json(path, settings)
 
 
 def _tree_complete(tree: Path) -> bool:
