@@ -19,7 +19,7 @@ from raddiffusion.data.mimic import DataError, image_path
 from raddiffusion.data.preprocess import CHUNKS_DIR, parse_shard, preprocess
 from raddiffusion.data.store import DONE_FILE, IMAGES_FILE, SKIPPED_FILE, open_store, shard_dirname
 
-from conftest import TREE_IMAGE_SHAPE, TreeImage, grey_jpg, labels_row, small_labels, small_tree_images, write_tree
+from conftest import TREE_IMAGE_SHAPE, TreeImage, grey_jpg, labels_row, small_labels, write_tree
 
 SIZE = 16
 PATIENT_NAME = "Secret^Person"

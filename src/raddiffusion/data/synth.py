@@ -18,7 +18,6 @@ import io
 import json
 import math
 import multiprocessing
-import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -31,7 +30,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 from tqdm import tqdm
 
-from raddiffusion.data.labels import LABELS
+from ..fileio import atomic_path
+from .labels import LABELS
+from .mimic import CHEXPERT_CSV, METADATA_CSV, SPLIT_CSV
 
 __all__ = [
     "EXPECTED_IMAGES_PER_SUBJECT", "FORMATS", "SYNTHETIC_PATIENT_NAME_PREFIX", "SynthSummary",
@@ -44,9 +45,6 @@ __all__ = [
 FORMATS = ("dicom", "jpg")
 IMAGE_SUFFIX = {"dicom": ".dcm", "jpg": ".jpg"}
 FILES_DIR = "files"
-METADATA_CSV = "mimic-cxr-2.0.0-metadata.csv.gz"
-SPLIT_CSV = "mimic-cxr-2.0.0-split.csv.gz"
-CHEXPERT_CSV = "mimic-cxr-2.0.0-chexpert.csv.gz"
 METADATA_COLUMNS = (
     "dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition",
     "Rows", "Columns", "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning",
@@ -1140,10 +1138,8 @@ def _lateral_devices(x, y, frame: _LateralFrame, findings: _Findings):
 # ============================================================================================
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary sibling, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data)
 
 
 def _write_jpg(path: Path, image: _Image) -> None:
@@ -1369,6 +1365,6 @@ def _write_csvs(out: Path, records: list[_SubjectRecords]) -> None:
     split = sorted((row for r in records for row in r.split), key=lambda row: (row[2], row[1]))
     chexpert = sorted(row for r in records for row in r.chexpert)
     chexpert_cells = [(s, st, *map(_label_cell, values)) for s, st, *values in chexpert]
-    _atomic_write(out / METADATA_CSV, _csv_bytes(METADATA_COLUMNS, metadata))
-    _atomic_write(out / SPLIT_CSV, _csv_bytes(SPLIT_COLUMNS, split))
-    _atomic_write(out / CHEXPERT_CSV, _csv_bytes(CHEXPERT_COLUMNS, chexpert_cells))
+    _atomic_write(out / f"{METADATA_CSV}.gz", _csv_bytes(METADATA_COLUMNS, metadata))
+    _atomic_write(out / f"{SPLIT_CSV}.gz", _csv_bytes(SPLIT_COLUMNS, split))
+    _atomic_write(out / f"{CHEXPERT_CSV}.gz", _csv_bytes(CHEXPERT_COLUMNS, chexpert_cells))
