@@ -24,8 +24,9 @@ from raddiffusion.data.decode import (
     min_decoded_size,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-REAL_CXR = SHARED / "data" / "real-cxr"
+from conftest import SHARED
+
+REAL_CXR = SHARED / "data" / "real-cxr"  # SHARED: ../shared, or $RADDIFFUSION_SHARED (conftest)
 SECRET_NAME = "Secretperson^Jane"
 SECRET_ID = "MRN-98765-SECRET"
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
