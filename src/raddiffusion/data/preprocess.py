@@ -109,6 +109,7 @@ def preprocess(
     _check_or_write_params(shard_dir, params)
     remove_stale_temporaries(shard_dir)
     if (shard_dir / DONE_FILE).is_file():
+        shutil.rmtree(shard_dir / CHUNKS_DIR, ignore_errors=True)  # left if killed right after done.json
         done = read_json(shard_dir / DONE_FILE)
         return PreprocessSummary(shard_dir, len(images), done["images"], done["skipped"], 0, len(images), 0.0)
     chunks = _chunks(tree.root, images, image_size, chunk_size, shard_dir / CHUNKS_DIR)

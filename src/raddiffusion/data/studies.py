@@ -40,6 +40,8 @@ class StudyDataset(Dataset):
         self.images = store.images
         index = store.index
         rows = np.flatnonzero(index["split"].to_numpy() == split) if split else np.arange(len(index))
+        if labelled_only:
+            rows = rows[np.isin(index["study_id"].to_numpy()[rows], store.labels.index.to_numpy())]
         frontal = index["view"].isin(FRONTAL_VIEWS).to_numpy()[rows]
         if frontal_only:
             rows, frontal = rows[frontal], frontal[frontal]
@@ -55,17 +57,6 @@ class StudyDataset(Dataset):
         self.labels, self.label_mask = apply_label_policy(raw, label_policy)
         self.labelled = np.isin(self.study_ids, store.labels.index.to_numpy())
         self.label_mask[~self.labelled] = 0.0
-        if labelled_only:
-            self._keep(np.flatnonzero(self.labelled))
-
-    def _keep(self, studies: np.ndarray) -> None:
-        rows = [self._rows[self._starts[s] : self._starts[s + 1]] for s in studies]
-        lengths = np.array([len(r) for r in rows], dtype=np.int64)
-        self._rows = np.concatenate(rows) if rows else np.empty(0, np.int64)
-        self._starts = np.r_[0, np.cumsum(lengths)]
-        self.study_ids, self.subject_ids = self.study_ids[studies], self.subject_ids[studies]
-        self.labels, self.label_mask = self.labels[studies], self.label_mask[studies]
-        self.labelled = self.labelled[studies]
 
     def __len__(self) -> int:
         return len(self.study_ids)
@@ -82,7 +73,7 @@ class StudyDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         rows = self.image_rows(i)
-        contiguous = rows[-1] - rows[0] == len(rows) - 1 and np.all(np.diff(rows) == 1)
+        contiguous = np.all(np.diff(rows) == 1)
         pixels = self.images[int(rows[0]) : int(rows[-1]) + 1] if contiguous else self.images[rows]
         return {
             "images": pixels,
