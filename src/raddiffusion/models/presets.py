@@ -1,0 +1,82 @@
+"""Model configuration: the original size presets (SPEC §3) and the options of both schemes."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+SCHEMES = ("vanilla", "diffusion")
+DECODERS = ("joint", "cross", "cross-self")
+SCHEDULES = ("cosine", "linear", "seed")
+NUM_LABELS = 14
+
+PRESET_FIELDS = ("patch_size", "image_size", "width", "depth", "heads", "mlp_hidden",
+                 "decoder_width", "decoder_depth", "decoder_heads", "decoder_mlp_hidden", "mask_ratio")
+PRESET_TABLE = {
+    #     patch image width depth heads   MLP  dec width  depth  heads  dec MLP  mask ratio
+    "xs": (32,   256,  256,   6,    8,  1024,       128,     2,     4,     512,  0.5),
+    "s":  (32,   256,  768,   6,   12,  3072,       512,     4,    16,    2048,  0.75),
+    "b":  (16,   256,  768,  12,   12,  3072,       512,     8,    16,    2048,  0.5),
+}
+PRESETS = {name: dict(zip(PRESET_FIELDS, row)) for name, row in PRESET_TABLE.items()}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model (``create(**config.to_dict())`` gives the same architecture).
+
+    ``decoder``, ``schedule``, ``timesteps`` (``None``: the schedule's own) and ``time_embedding`` are
+    DiffMAE options; ``norm_pix_loss`` is the vanilla MAE's.
+    """
+
+    preset: str
+    scheme: str
+    patch_size: int
+    image_size: int
+    width: int
+    depth: int
+    heads: int
+    mlp_hidden: int
+    decoder_width: int
+    decoder_depth: int
+    decoder_heads: int
+    decoder_mlp_hidden: int
+    mask_ratio: float
+    norm_pix_loss: bool = True
+    decoder: str = "cross-self"
+    schedule: str = "cosine"
+    timesteps: int | None = None
+    time_embedding: bool = True
+    num_labels: int = NUM_LABELS
+
+    def __post_init__(self) -> None:
+        _check_choice("scheme", self.scheme, SCHEMES)
+        _check_choice("decoder", self.decoder, DECODERS)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        for width, heads in ((self.width, self.heads), (self.decoder_width, self.decoder_heads)):
+            if width % heads or width % 4:
+                raise ValueError(f"width {width} must be a multiple of 4 and of its {heads} heads")
+        patches = (self.image_size // self.patch_size) ** 2
+        kept = int(patches * (1.0 - self.mask_ratio))
+        if not 0 < kept < patches:
+            raise ValueError(f"mask_ratio {self.mask_ratio} must leave at least one visible and one masked patch")
+        if self.timesteps is not None and self.timesteps < 2:
+            raise ValueError(f"timesteps must be at least 2, not {self.timesteps}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+
+
+def model_config(preset: str = "xs", scheme: str = "vanilla", **overrides) -> ModelConfig:
+    """The preset's configuration with ``overrides`` (any :class:`ModelConfig` field) applied."""
+    _check_choice("preset", preset, tuple(PRESETS))
+    known = {field.name for field in fields(ModelConfig)} - {"preset", "scheme"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown model option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return replace(ModelConfig(preset=preset, scheme=scheme, **PRESETS[preset]), **overrides)
