@@ -13,6 +13,10 @@ from .data.mimic import DataError, read_mimic
 from .data.store import Store, open_store
 from .data.studies import StudyDataset, collate_studies
 from .models import create
+from .train.checkpoint import CheckpointError, load, save_model
 
-__all__ = ["LABELS", "DataError", "Store", "StudyDataset", "collate_studies", "create", "open_store", "read_mimic"]
+__all__ = [
+    "LABELS", "CheckpointError", "DataError", "Store", "StudyDataset", "collate_studies", "create", "load",
+    "open_store", "read_mimic", "save_model",
+]
 __version__ = "0.1.0"

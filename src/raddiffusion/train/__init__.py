@@ -1,0 +1,1 @@
+"""Training: checkpoints (and, next, pretraining, probing, fine-tuning, distributed runs)."""
