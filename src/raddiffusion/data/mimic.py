@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..errors import first_line
 from .labels import LABELS, apply_label_policy
 
 METADATA_CSV = "mimic-cxr-2.0.0-metadata.csv"
@@ -78,7 +79,7 @@ def read_csv_checked(path: Path, columns: dict[str, str]) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, EOFError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise DataError(f"{path}: cannot be read as CSV ({_first_line(exc)})") from None
+        raise DataError(f"{path}: cannot be read as CSV ({first_line(exc)})") from None
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
@@ -100,11 +101,6 @@ def _convert_column(path: Path, values: pd.Series, column: str, kind: str) -> pd
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise DataError(f"{path}: row {row + 2}, column {column!r}: {values.iloc[row]!r} is not a valid {kind}")
     return converted.astype(np.int64) if kind == "int" else converted.astype(np.float32)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def folder_split(subject_ids: pd.Series) -> pd.Series:

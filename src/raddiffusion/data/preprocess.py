@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from ..errors import first_line
 from ..fileio import TEMPORARY_GLOB, atomic_path, read_json, write_json
 from .decode import DecodeError, load_image
 from .labels import LABELS
@@ -197,7 +198,7 @@ def _decode_chunk(chunk: _Chunk) -> int:
         except DecodeError as exc:
             reasons.append(str(exc))
         except Exception as exc:  # noqa: BLE001 - a long job skips what it cannot read and says why
-            reasons.append(f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            reasons.append(f"unexpected {type(exc).__name__}: {first_line(exc)}")
     array = np.stack(stored) if stored else np.empty((0, chunk.image_size, chunk.image_size), np.uint8)
     array_file, mark_file = _chunk_files(chunk)
     array_file.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..errors import first_line
 from ..fileio import read_json
 from .labels import LABELS
 from .mimic import DataError, check_patient_disjoint
@@ -171,7 +172,7 @@ def _read_table(path: Path, columns: list[str]) -> pd.DataFrame:
     try:
         table = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values={name: [""] for name in LABELS})
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise DataError(f"{path}: cannot be read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        raise DataError(f"{path}: cannot be read ({first_line(exc)})") from None
     if list(table.columns) != columns:
         raise DataError(f"{path}: expected columns {columns}, found {list(table.columns)}")
     numeric = {c: np.int64 for c in ("subject_id", "study_id") if c in columns}

@@ -12,6 +12,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..errors import first_line
 from ..fileio import atomic_path
 from ..models import from_config
 from ..models.presets import ModelConfig
@@ -60,13 +61,13 @@ def _read_checkpoint(file: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
             metadata = handle.metadata() or {}
             state = {name: handle.get_tensor(name) for name in handle.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{file}: damaged safetensors file ({_first_line(exc)})") from None
+        raise CheckpointError(f"{file}: damaged safetensors file ({first_line(exc)})") from None
     if metadata.get("format") != CHECKPOINT_FORMAT or "config" not in metadata:
         raise CheckpointError(f"{file}: safetensors file without a raddiffusion model configuration")
     try:
         config = ModelConfig(**json.loads(metadata["config"]))
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{file}: unusable model configuration ({_first_line(exc)})") from None
+        raise CheckpointError(f"{file}: unusable model configuration ({first_line(exc)})") from None
     return config, state
 
 
@@ -93,7 +94,3 @@ def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], file: Pa
         raise CheckpointError(f"{file}: weights do not fit the configuration: {'; '.join(p for p in parts if p)}")
     model.load_state_dict(state)
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
