@@ -25,9 +25,7 @@ FRONTAL_VIEWS = ("PA", "AP")
 IMAGE_EXTENSIONS = {"dicom": ".dcm", "jpg": ".jpg"}
 FORMAT_PROBE_ROWS = 50  # metadata rows looked at to tell a DICOM tree from a JPG tree
 
-TRAIN_FOLDERS = range(10, 18)  # p10..p17
-VALIDATE_FOLDER = 18
-TEST_FOLDER = 19
+FOLDER_SPLITS = {**{folder: "train" for folder in range(10, 18)}, 18: "validate", 19: "test"}  # p10..p19
 
 
 class DataError(Exception):
@@ -105,11 +103,7 @@ def _convert_column(path: Path, values: pd.Series, column: str, kind: str) -> pd
 
 def folder_split(subject_ids: pd.Series) -> pd.Series:
     """The original method's split by folder: p10–p17 train, p18 validate, p19 test."""
-    folder = subject_ids.astype(str).str[:2].astype(int)
-    split = pd.Series("train", index=subject_ids.index)
-    split[folder == VALIDATE_FOLDER] = "validate"
-    split[folder == TEST_FOLDER] = "test"
-    return split
+    return subject_ids.astype(str).str[:2].astype(int).map(FOLDER_SPLITS)
 
 
 def image_path(subject_id: int, study_id: int, dicom_id: str, extension: str) -> str:

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from ..fileio import atomic_path
 from .labels import LABELS
-from .mimic import CHEXPERT_CSV, METADATA_CSV, SPLIT_CSV
+from .mimic import CHEXPERT_CSV, FOLDER_SPLITS, METADATA_CSV, SPLIT_CSV
 
 __all__ = [
     "EXPECTED_IMAGES_PER_SUBJECT", "FORMATS", "SYNTHETIC_PATIENT_NAME_PREFIX", "SynthSummary",
@@ -58,8 +58,7 @@ JPEG_QUALITY = 90
 # --------------------------------------------------------------------------------------------
 # Identifiers and the folder split rule (p10-p17 train, p18 validate, p19 test)
 # --------------------------------------------------------------------------------------------
-FOLDER_DIGITS = tuple(range(10, 20))
-SPLIT_BY_FOLDER = {**{d: "train" for d in range(10, 18)}, 18: "validate", 19: "test"}
+FOLDER_DIGITS = tuple(FOLDER_SPLITS)
 SUBJECTS_PER_FOLDER_ID_SPACE = 10**6
 STUDY_ID_BASE = 5 * 10**7
 STUDY_ID_SPACE = 10**7
@@ -303,7 +302,7 @@ def _synthesize_subject(job: _SubjectJob) -> _SubjectRecords:
     records = _SubjectRecords()
     folder = job.out / FILES_DIR / f"p{job.subject_id // SUBJECTS_PER_FOLDER_ID_SPACE}" / f"p{job.subject_id}"
     study_date = _first_study_date(rng)
-    split = SPLIT_BY_FOLDER[job.subject_id // SUBJECTS_PER_FOLDER_ID_SPACE]
+    split = FOLDER_SPLITS[job.subject_id // SUBJECTS_PER_FOLDER_ID_SPACE]
     for study_id in job.study_ids:
         labels = _sample_labels(rng)
         findings = _findings_from_labels(labels, rng)
