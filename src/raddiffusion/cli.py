@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .data.mimic import CHEXPERT_CSV, METADATA_CSV, SPLIT_CSV, DataError, find_csv
 
+FAILED = 1
 USAGE_ERROR = 2
 INTERRUPTED = 130
 DEMO_SUBJECTS = 240
@@ -17,13 +18,21 @@ DEMO_SETTINGS = "demo.json"
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``raddiffusion`` console script."""
+    from .train.checkpoint import CheckpointError
+    from .train.loop import TrainingError
+    from .train.runs import RunError
+
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     try:
-        args.run(args)
-    except (DataError, ValueError, FileExistsError, FileNotFoundError) as exc:
+        return args.handler(args, argv) or 0
+    except (DataError, ValueError, FileExistsError, FileNotFoundError, RunError, CheckpointError) as exc:
         print(f"raddiffusion {args.command}: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
+    except TrainingError as exc:
+        print(f"raddiffusion {args.command}: stopped: {exc}", file=sys.stderr)
+        return FAILED
     except KeyboardInterrupt:
         print(f"raddiffusion {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
         return INTERRUPTED
@@ -40,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(commands)
     _add_synth(commands)
     _add_preprocess(commands)
+    _add_pretrain(commands)
+    _add_probe(commands)
+    _add_finetune(commands)
+    _add_run(commands)
     return parser
 
 
@@ -53,7 +66,7 @@ def _add_demo(commands) -> None:
     cmd.add_argument("--out", type=Path, default=Path("demo"), help="working directory (default: ./demo)")
     cmd.add_argument("--subjects", type=_positive_int, default=DEMO_SUBJECTS, help=f"demo subjects (default {DEMO_SUBJECTS})")
     cmd.add_argument("--seed", type=int, default=0, help="random seed of the demo data (default 0)")
-    cmd.set_defaults(run=run_demo)
+    cmd.set_defaults(handler=run_demo)
 
 
 def _add_synth(commands) -> None:
@@ -68,7 +81,7 @@ def _add_synth(commands) -> None:
     cmd.add_argument("--format", choices=("dicom", "jpg"), default="jpg", help="image files to write (default jpg)")
     cmd.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     cmd.add_argument("--workers", type=_positive_int, default=None, help="processes (default: all CPUs)")
-    cmd.set_defaults(run=run_synth)
+    cmd.set_defaults(handler=run_synth)
 
 
 def _add_preprocess(commands) -> None:
@@ -87,7 +100,147 @@ def _add_preprocess(commands) -> None:
         "--shard", default="1/1", metavar="I/N",
         help="write only shard I of N (1-based; subjects dealt in turn), e.g. one per machine; read back as one store",
     )
-    cmd.set_defaults(run=run_preprocess)
+    cmd.set_defaults(handler=run_preprocess)
+
+
+MODEL_OPTIONS = ("preset", "scheme", "mask_ratio", "image_size", "decoder", "schedule", "timesteps",
+                 "time_embedding", "norm_pix_loss")
+PRETRAIN_OPTIONS = ("epochs", "batch_size", "accumulation", "lr", "probe_every", "save_every", "workers", "seed",
+                    "precision", "compile", "label_policy", "max_views")
+FINETUNE_OPTIONS = ("epochs", "batch_size", "accumulation", "lr", "patience", "save_every", "workers", "seed",
+                    "precision", "compile", "label_policy", "max_views")
+
+
+def _add_model_options(cmd: argparse.ArgumentParser) -> None:
+    from .models.presets import DECODERS, PRESETS, SCHEDULES, SCHEMES
+
+    group = cmd.add_argument_group("model (a new run; a resumed run keeps its own)")
+    group.add_argument("--encoder-size", "--encoder_size", dest="preset", choices=tuple(PRESETS),
+                       help="size preset of SPEC §3 (default xs)")
+    group.add_argument("--scheme", choices=SCHEMES, help="pretraining scheme (default vanilla)")
+    group.add_argument("--mask-ratio", "--mask_ratio", type=float, help="share of patches masked (default: preset's)")
+    group.add_argument("--image-size", "--image_size", type=_positive_int,
+                       help="input side in pixels; must match the store (default 256)")
+    group.add_argument("--decoder", choices=DECODERS, help="DiffMAE decoder (default cross-self)")
+    group.add_argument("--noise-schedule", "--schedule", dest="schedule", choices=SCHEDULES,
+                       help="DiffMAE noise schedule (default cosine; seed = the original's)")
+    group.add_argument("--timesteps", type=_positive_int, help="diffusion steps T (default: the schedule's)")
+    group.add_argument("--time-embedding", action=argparse.BooleanOptionalAction,
+                       help="add a timestep embedding in the DiffMAE decoder (default on)")
+    group.add_argument("--norm-pix-loss", action=argparse.BooleanOptionalAction,
+                       help="vanilla MAE target normalised per patch (default on)")
+
+
+def _add_training_options(cmd: argparse.ArgumentParser, defaults, finetune: bool = False) -> None:
+    from .data.labels import POLICIES
+    from .train.loop import PRECISIONS
+
+    group = cmd.add_argument_group("training (defaults: the original recipe)")
+    group.add_argument("--epochs", type=_positive_int, help=f"passes over the train split (default {defaults.epochs})")
+    group.add_argument("--batch-size", "--batch_size", type=_positive_int,
+                       help=f"studies per optimizer step, over all GPUs (default {defaults.batch_size})")
+    group.add_argument("--accumulation", "--grad-accum", type=_positive_int,
+                       help="micro-batches per step and process, to fit memory (default 1)")
+    group.add_argument("--lr", type=float, help=f"peak learning rate (default {defaults.lr})")
+    if finetune:
+        group.add_argument("--patience", type=_positive_int,
+                           help=f"epochs without a better validation loss before stopping (default {defaults.patience})")
+    else:
+        group.add_argument("--probe-every", "--probe_every", type=int,
+                           help=f"linear probe every N epochs, 0 = only at the end (default {defaults.probe_every})")
+    group.add_argument("--save-every", type=_positive_int,
+                       help=f"checkpoint every N steps, and at every epoch end (default {defaults.save_every})")
+    group.add_argument("--workers", "--num-workers", "--num_workers", dest="workers", type=int,
+                       help=f"data-loading processes per GPU/process (default {defaults.workers})")
+    group.add_argument("--seed", type=int, help="seed of initialisation, data order, masks and noise (default 0)")
+    group.add_argument("--precision", choices=PRECISIONS, help="bf16 autocast or fp32 (default fp32)")
+    group.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    group.add_argument("--label-policy", choices=POLICIES, help="uncertain labels: ones (default), zeros, ignore")
+    group.add_argument("--max-views", type=_positive_int, help="at most N views per study, frontal first")
+
+
+def _add_run_options(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--resume", action="store_true", help="continue the interrupted run in --run")
+    cmd.add_argument("--device", nargs="+", default=["auto"], metavar="DEVICE",
+                     help="auto (a GPU if there is one, else the CPU), cpu, cuda, or GPU numbers: 0,1,2 or "
+                     "[0, 1, 2] (several GPUs start one process each through torchrun)")
+    cmd.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _explicit(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
+    """The options given on the command line (argparse leaves the others at None)."""
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def _add_pretrain(commands) -> None:
+    from .train.pretrain import PretrainSettings
+
+    cmd = commands.add_parser(
+        "pretrain", help="pretrain an encoder (vanilla MAE or DiffMAE) on a store",
+        description="Pretrain on the train split of STORE into the run directory. A linear probe of the frozen "
+        "encoder (train -> validate) runs before training, every --probe-every epochs and at the end. Checkpoints "
+        "are written every --save-every steps; --resume continues a killed run exactly.",
+    )
+    cmd.add_argument("store", type=Path, metavar="STORE", help="store written by `raddiffusion preprocess`")
+    cmd.add_argument("--run", type=Path, required=True, metavar="RUN_DIR", help="run directory to write")
+    _add_model_options(cmd)
+    _add_training_options(cmd, PretrainSettings())
+    _add_run_options(cmd)
+    cmd.set_defaults(handler=run_pretrain)
+
+
+def _add_probe(commands) -> None:
+    cmd = commands.add_parser(
+        "probe", help="linear probe of a run's frozen encoder",
+        description="Study vectors of the frozen encoder for the train split and the evaluated split, one balanced "
+        "logistic regression per label; per-label and mean AUROC / AUPRC / F1 at 0.5.",
+    )
+    cmd.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory (or a .safetensors model)")
+    cmd.add_argument("--store", type=Path, required=True, help="store to embed")
+    cmd.add_argument("--split", default="validate", choices=("validate", "test"), help="evaluated split (default validate)")
+    cmd.add_argument("--label-policy", default="ones", help="uncertain labels: ones, zeros, ignore (default ones)")
+    cmd.add_argument("--out", type=Path, help="JSON file to write (default RUN_DIR/probe/<split>.json)")
+    cmd.add_argument("--device", nargs="+", default=["auto"], help="auto, cpu, cuda or a GPU number")
+    cmd.add_argument("--seed", type=int, default=0, help="seed of the logistic regressions (default 0)")
+    cmd.set_defaults(handler=run_probe)
+
+
+def _add_finetune(commands) -> None:
+    from .train.finetune import FinetuneSettings
+
+    cmd = commands.add_parser(
+        "finetune", help="fine-tune an encoder with a linear head on the 14 labels, then test",
+        description="Fine-tune (BCE with pos_weight 1/sqrt(prevalence), AdamW, cosine with warm-up, early stopping "
+        "on the validation loss, best checkpoint kept), then write per-label and mean AUROC / AUPRC / F1 on the "
+        "test split to RUN_DIR/test_metrics.json. Without --from the encoder starts from random weights.",
+    )
+    cmd.add_argument("store", type=Path, metavar="STORE", help="store written by `raddiffusion preprocess`")
+    cmd.add_argument("--run", type=Path, required=True, metavar="RUN_DIR", help="run directory to write")
+    cmd.add_argument("--from", dest="pretrained", type=Path, metavar="PRETRAIN_RUN",
+                     help="pretraining run (or .safetensors model) whose encoder to start from")
+    _add_model_options(cmd)
+    _add_training_options(cmd, FinetuneSettings(), finetune=True)
+    _add_run_options(cmd)
+    cmd.set_defaults(handler=run_finetune)
+
+
+def _add_run(commands) -> None:
+    from .train.pretrain import PretrainSettings
+
+    cmd = commands.add_parser(
+        "run", help="the original main.py workflow: pretrain (unless done), fine-tune, test",
+        description="Pretrain into RUNS/NAME/pretrain unless a finished pretraining is there (an unfinished one "
+        "is resumed), then fine-tune from it into a new RUNS/NAME/finetune* directory and test. Accepts the "
+        "original spellings: --ref_name, --encoder_size, --num_workers, --device [0, 1, 2].",
+    )
+    cmd.add_argument("--ref-name", "--ref_name", dest="ref_name", required=True, help="run name")
+    cmd.add_argument("--store", type=Path, default=Path("store"), help="store to train on (default ./store)")
+    cmd.add_argument("--runs", type=Path, default=Path("runs"), help="where runs live (default ./runs)")
+    _add_model_options(cmd)
+    _add_training_options(cmd, PretrainSettings())
+    cmd.add_argument("--finetune-epochs", type=_positive_int, help="fine-tuning epochs (default 20)")
+    _add_run_options(cmd)
+    cmd.set_defaults(handler=run_workflow)
 
 
 def _positive_int(text: str) -> int:
@@ -100,7 +253,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def run_synth(args: argparse.Namespace) -> None:
+def run_synth(args: argparse.Namespace, argv: list[str]) -> None:
     from .data.preprocess import available_cpus
     from .data.synth import synthesize
 
@@ -114,7 +267,7 @@ def run_synth(args: argparse.Namespace) -> None:
     )
 
 
-def run_preprocess(args: argparse.Namespace) -> None:
+def run_preprocess(args: argparse.Namespace, argv: list[str]) -> None:
     from .data.preprocess import parse_shard, preprocess
 
     summary = preprocess(
@@ -123,7 +276,7 @@ def run_preprocess(args: argparse.Namespace) -> None:
     print(summary.line())
 
 
-def run_demo(args: argparse.Namespace) -> None:
+def run_demo(args: argparse.Namespace, argv: list[str]) -> None:
     from .data.preprocess import available_cpus, preprocess
     from .data.store import open_store
     from .data.studies import StudyDataset, collate_studies
@@ -144,6 +297,134 @@ def run_demo(args: argparse.Namespace) -> None:
         f"demo: a batch of {len(batch['lengths'])} train studies holds {batch['images'].shape[0]} images "
         f"{tuple(batch['images'].shape[1:])}; done in {time.perf_counter() - started:.1f}s (data in {args.out})"
     )
+
+
+def _device(args: argparse.Namespace) -> str | list[int]:
+    from .train.distributed import parse_device
+
+    return parse_device(",".join(args.device))
+
+
+def _relaunched(args: argparse.Namespace, argv: list[str]) -> int | None:
+    """Several GPUs outside torchrun: run this same command under torchrun, one process per GPU."""
+    from .train.distributed import needs_relaunch, relaunch_under_torchrun
+
+    device = _device(args)
+    return relaunch_under_torchrun(device, argv) if needs_relaunch(device) else None
+
+
+def run_pretrain(args: argparse.Namespace, argv: list[str]) -> int | None:
+    from .train.pretrain import pretrain
+
+    code = _relaunched(args, argv)
+    if code is not None:
+        return code
+    summary = pretrain(args.store, args.run, model=_explicit(args, MODEL_OPTIONS),
+                       train=_explicit(args, PRETRAIN_OPTIONS), resume=args.resume, device=_device(args),
+                       progress=not args.quiet)
+    _print_once(_pretrain_line(args.run, summary))
+    return None
+
+
+def _pretrain_line(run: Path, summary: dict) -> str:
+    probe = summary["probe"]
+    probed = f"; probe mean AUROC {probe['mean']['auroc']:.3f} after epoch {probe['epoch']}" if probe else ""
+    return (f"pretrain: {summary['preset']} {summary['scheme']}, {summary['epochs']} epochs ({summary['steps']} steps) "
+            f"in {summary['seconds']:.0f}s, last epoch loss {summary['final_epoch_loss']:.4f}{probed}; run in {run}")
+
+
+def _print_once(line: str) -> None:
+    """Print a summary line from the main process only (all processes of a torchrun job run the command)."""
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        print(line)
+
+
+def run_probe(args: argparse.Namespace, argv: list[str]) -> None:
+    from .data.store import open_store
+    from .train.checkpoint import load
+    from .train.distributed import single_device
+    from .train.metrics import format_table
+    from .train.probe import probe, write_probe
+
+    device = single_device(_device(args))
+    model = load(args.run_dir).to(device)
+    metrics = probe(model, open_store(args.store), eval_split=args.split, label_policy=args.label_policy,
+                    device=device, seed=args.seed)
+    out = args.out or (args.run_dir if args.run_dir.is_dir() else args.run_dir.parent) / "probe" / f"{args.split}.json"
+    write_probe(metrics, out)
+    print(format_table(metrics, f"linear probe, train -> {args.split}"))
+    mean = metrics["mean"]["auroc"]
+    print(f"probe: mean AUROC {'n/a' if mean is None else f'{mean:.3f}'} over {metrics['mean']['labels']} labels "
+          f"on {metrics['eval_studies']} {args.split} studies; written to {out}")
+
+
+def run_finetune(args: argparse.Namespace, argv: list[str]) -> int | None:
+    from .train.finetune import finetune
+
+    code = _relaunched(args, argv)
+    if code is not None:
+        return code
+    summary = finetune(args.store, args.run, pretrained=args.pretrained, model=_explicit(args, MODEL_OPTIONS),
+                       train=_explicit(args, FINETUNE_OPTIONS), resume=args.resume, device=_device(args),
+                       progress=not args.quiet)
+    _print_once(_finetune_line(args.run, summary))
+    return None
+
+
+def _finetune_line(run: Path, summary: dict) -> str:
+    test = summary["test"]["mean"]
+    return (f"finetune: best epoch {summary['best_epoch']} of {summary['epochs_run']} "
+            f"(validation loss {summary['best_val_loss']:.4f}); test mean AUROC {_number(test['auroc'])}, "
+            f"AUPRC {_number(test['auprc'])}, F1 {_number(test['f1'])}; run in {run}")
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def run_workflow(args: argparse.Namespace, argv: list[str]) -> int | None:
+    from .train.finetune import finetune
+    from .train.pretrain import pretrain
+    from .train.runs import CONFIG, is_finished
+
+    code = _relaunched(args, argv)
+    if code is not None:
+        return code
+    name = args.runs / args.ref_name
+    pretrain_dir = name / "pretrain"
+    device, progress = _device(args), not args.quiet
+    if is_finished(pretrain_dir):
+        _print_once(f"run: pretraining in {pretrain_dir} is finished; skipping it, fine-tuning only")
+    else:
+        resume = (pretrain_dir / CONFIG).is_file()
+        _print_once(f"run: {'resuming' if resume else 'starting'} pretraining in {pretrain_dir}")
+        summary = pretrain(args.store, pretrain_dir, model=_explicit(args, MODEL_OPTIONS),
+                           train=_explicit(args, PRETRAIN_OPTIONS), resume=resume, device=device, progress=progress)
+        _print_once(_pretrain_line(pretrain_dir, summary))
+    finetune_dir = _next_finetune_dir(name)
+    resume = (finetune_dir / CONFIG).is_file()
+    _print_once(f"run: {'resuming' if resume else 'starting'} fine-tuning in {finetune_dir}")
+    train = {k: v for k, v in _explicit(args, FINETUNE_OPTIONS).items() if k not in ("epochs", "lr")}
+    if args.finetune_epochs:
+        train["epochs"] = args.finetune_epochs
+    summary = finetune(args.store, finetune_dir, pretrained=pretrain_dir, train=train, resume=resume,
+                       device=device, progress=progress)
+    _print_once(_finetune_line(finetune_dir, summary))
+    return None
+
+
+def _next_finetune_dir(name: Path) -> Path:
+    """The unfinished fine-tuning of this run, else a new ``finetune``, ``finetune-2``, ... directory."""
+    from .train.runs import is_finished
+
+    number = 1
+    while True:
+        path = name / ("finetune" if number == 1 else f"finetune-{number}")
+        if not is_finished(path):
+            return path
+        number += 1
 
 
 def _check_demo_settings(out: Path, settings: dict) -> None:

@@ -48,7 +48,7 @@ class StudyDataset(Dataset):
         study_of_row = index["study_id"].to_numpy()[rows]
         order = np.lexsort((rows, ~frontal, _first_seen_rank(study_of_row)))
         rows, study_of_row = rows[order], study_of_row[order]
-        starts = np.flatnonzero(np.r_[True, study_of_row[1:] != study_of_row[:-1]])
+        starts = np.flatnonzero(np.r_[len(rows) > 0, study_of_row[1:] != study_of_row[:-1]])
         self.study_ids = study_of_row[starts]
         self.subject_ids = index["subject_id"].to_numpy()[rows[starts]]
         self._rows, self._starts = rows, np.r_[starts, len(rows)]

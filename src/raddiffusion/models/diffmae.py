@@ -108,14 +108,22 @@ class DiffMAE(StudyPretrainer):
                 x = block(x, context)
         return self.decoder_pred(self.decoder_norm(x))
 
-    def loss(self, images: torch.Tensor, lengths: torch.Tensor | list[int]) -> torch.Tensor:
-        """MSE between predicted and clean masked patches, one random timestep per image."""
+    def loss(
+        self, images: torch.Tensor, lengths: torch.Tensor | list[int], generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """MSE between predicted and clean masked patches, one random timestep per image.
+
+        Masks, timesteps and noise come from ``generator`` (default: the global random state).
+        """
         grid, studies = self.prepare(images, lengths)
-        visible, masked, _ = self.random_mask(grid)
+        visible, masked, _ = self.random_mask(grid, generator)
         context = self.condition(self.encoder(select_patches(grid, visible), studies, visible), visible)
         target = select_patches(grid, masked)
-        t = torch.randint(0, self.schedule.timesteps, (len(images),), device=images.device)
-        noised = self.schedule.add_noise(target, t, torch.randn_like(target))
+        device = generator.device if generator is not None else images.device
+        t = torch.randint(0, self.schedule.timesteps, (len(images),), generator=generator, device=device)
+        noise = torch.randn(target.shape, generator=generator, device=device, dtype=target.dtype)
+        t, noise = t.to(images.device), noise.to(images.device)
+        noised = self.schedule.add_noise(target, t, noise)
         return F.mse_loss(self.denoise(context, noised, t, masked, studies), target)
 
     @torch.no_grad()

@@ -60,7 +60,7 @@ class StudyEncoder(nn.Module):
 class StudyPretrainer(nn.Module):
     """Base of both schemes: input checks, masking and the study vector (``embed``).
 
-    Subclasses add a decoder, ``loss(images, lengths)`` and ``reconstruct(images, lengths, ...)``.
+    Subclasses add a decoder, ``loss(images, lengths, generator)`` and ``reconstruct(images, lengths, ...)``.
     """
 
     def __init__(self, config: ModelConfig):
@@ -92,16 +92,25 @@ class StudyPretrainer(nn.Module):
         noise = torch.rand(n, length, generator=generator, device=device).to(grid.device)
         return random_masking(n, length, self.config.mask_ratio, noise=noise)
 
-    def forward(self, images: torch.Tensor, lengths: torch.Tensor | list[int]) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor, lengths: torch.Tensor | list[int], generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """The pretraining loss, so that a DDP-wrapped model trains through ``model(images, lengths)``."""
-        return self.loss(images, lengths)
+        return self.loss(images, lengths, generator)
 
     def embed(self, images: torch.Tensor, lengths: torch.Tensor | list[int]) -> torch.Tensor:
         """Study vectors ``[n_studies, width]``: the shared CLS after the final norm, no masking."""
-        studies = check_batch(images, lengths, self.config.image_size)
-        tokens = self.encoder(patchify(images, self.patch), studies)
-        first_image = torch.cumsum(studies.sizes[:, 0].long(), 0) - studies.sizes[:, 0].long()
-        return tokens[first_image, 0]
+        return embed_studies(self.encoder, images, lengths, self.config.image_size)
+
+
+def embed_studies(
+    encoder: StudyEncoder, images: torch.Tensor, lengths: torch.Tensor | list[int], image_size: int
+) -> torch.Tensor:
+    """Study vectors ``[n_studies, width]`` of an encoder: every patch of every view, the shared CLS."""
+    studies = check_batch(images, lengths, image_size)
+    tokens = encoder(patchify(images, encoder.patch), studies)
+    first_image = torch.cumsum(studies.sizes[:, 0].long(), 0) - studies.sizes[:, 0].long()
+    return tokens[first_image, 0]
 
 
 def seeded_generator(seed: int) -> torch.Generator:

@@ -87,9 +87,14 @@ class MAE(StudyPretrainer):
         prediction, statistics = self.decode(latent, visible, masked, studies)
         return {"grid": grid, "masked": masked, "mask": mask, "prediction": prediction, "statistics": statistics}
 
-    def loss(self, images: torch.Tensor, lengths: torch.Tensor | list[int]) -> torch.Tensor:
-        """MSE on the masked patches (normalised per patch with ``norm_pix_loss``, plus the statistics head's)."""
-        out = self.forward_masked(images, lengths)
+    def loss(
+        self, images: torch.Tensor, lengths: torch.Tensor | list[int], generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """MSE on the masked patches (normalised per patch with ``norm_pix_loss``, plus the statistics head's).
+
+        The mask comes from ``generator`` (default: the global random state).
+        """
+        out = self.forward_masked(images, lengths, generator)
         target = select_patches(out["grid"], out["masked"])
         if self.statistics_pred is None:
             return F.mse_loss(out["prediction"], target)

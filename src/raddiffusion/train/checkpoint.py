@@ -14,7 +14,8 @@ from safetensors.torch import save_file
 
 from ..errors import first_line
 from ..fileio import atomic_path
-from ..models import from_config
+from ..models import from_config, model_kind
+from ..models.api import KINDS
 from ..models.presets import ModelConfig
 
 CHECKPOINT_FORMAT = "raddiffusion-model-v1"
@@ -31,7 +32,7 @@ def save_model(model: torch.nn.Module, path: str | Path) -> Path:
     """Write ``model``'s weights and configuration to ``path`` (a .safetensors file), atomically."""
     path = Path(path)
     state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
-    metadata = {"format": CHECKPOINT_FORMAT, "config": json.dumps(model.config.to_dict())}
+    metadata = {"format": CHECKPOINT_FORMAT, "config": json.dumps(model.config.to_dict()), "kind": model_kind(model)}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
     return path
@@ -40,8 +41,8 @@ def save_model(model: torch.nn.Module, path: str | Path) -> Path:
 def load(path: str | Path) -> torch.nn.Module:
     """The model stored at ``path``: a checkpoint file, or a run directory holding ``model.safetensors``."""
     file = _weights_file(Path(path))
-    config, state = _read_checkpoint(file)
-    model = from_config(config)
+    config, kind, state = _read_checkpoint(file)
+    model = from_config(config, kind)
     _load_state(model, state, file)
     return model.eval()
 
@@ -54,8 +55,8 @@ def _weights_file(path: Path) -> Path:
     return path
 
 
-def _read_checkpoint(file: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    _check_safetensors_header(file)
+def _read_checkpoint(file: Path) -> tuple[ModelConfig, str, dict[str, torch.Tensor]]:
+    check_safetensors_header(file)
     try:
         with safe_open(str(file), framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -68,10 +69,13 @@ def _read_checkpoint(file: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
         config = ModelConfig(**json.loads(metadata["config"]))
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{file}: unusable model configuration ({first_line(exc)})") from None
-    return config, state
+    kind = metadata.get("kind", "pretrainer")
+    if kind not in KINDS:
+        raise CheckpointError(f"{file}: unknown model kind {kind!r}")
+    return config, kind, state
 
 
-def _check_safetensors_header(file: Path) -> None:
+def check_safetensors_header(file: Path) -> None:
     """Refuse pickles, zip archives and truncated files before any parser sees them."""
     size = file.stat().st_size
     with open(file, "rb") as handle:

@@ -1,0 +1,117 @@
+"""What the pretraining and fine-tuning loops share: settings on resume, loaders, one optimizer step."""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from ..data.studies import StudyDataset, collate_studies
+from .batches import EpochPlan
+from .distributed import Process
+from .runs import RunError, check_requested
+
+PRECISIONS = ("fp32", "bf16")
+
+
+class TrainingError(Exception):
+    """Training cannot go on (a NaN loss); the message names the step and the checkpoint kept."""
+
+
+def resolve_settings(cls, stored: dict | None, requested: dict, may_change: set[str], run_dir: Path):
+    """Settings dataclass ``cls`` for a run: ``requested`` on a new run; the stored ones when resuming.
+
+    On resume, requested values outside ``may_change`` must equal the stored ones.
+    """
+    if stored is None:
+        return cls(**requested)
+    known = {f.name for f in fields(cls)}
+    settings = cls(**{k: v for k, v in stored.items() if k in known})
+    check_requested(run_dir, asdict(settings), {k: v for k, v in requested.items() if k not in may_change})
+    return replace(settings, **{k: v for k, v in requested.items() if k in may_change})
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+
+
+def views_per_study(dataset: StudyDataset) -> np.ndarray:
+    return np.array([len(dataset.image_rows(i)) for i in range(len(dataset))], dtype=np.int64)
+
+
+def micro_batch_loader(
+    dataset: StudyDataset, plan: EpochPlan, first_step: int, workers: int, device: torch.device
+) -> DataLoader:
+    """This rank's micro-batches from ``first_step`` to the end of the epoch, in order."""
+    batches = [mb.studies.tolist() for step in range(first_step, plan.steps) for mb in plan.micro_batches(step)]
+    return DataLoader(
+        dataset, batch_sampler=batches, collate_fn=collate_studies, num_workers=workers,
+        pin_memory=device.type == "cuda", persistent_workers=False,
+    )
+
+
+def wrap_for_training(model: torch.nn.Module, process: Process, compile: bool) -> torch.nn.Module:
+    """DDP when several processes run (the model's ``forward`` is its training objective); compiled if asked."""
+    if process.distributed:
+        device_ids = [process.device.index] if process.device.type == "cuda" else None
+        model = DistributedDataParallel(model, device_ids=device_ids)
+    if compile:
+        model.compile()
+    return model
+
+
+def accumulate_gradients(
+    model: torch.nn.Module, micro_batches: list[dict], shares: list[float], ranks: int, objective, precision: str
+) -> torch.Tensor:
+    """Backward through this rank's micro-batches of one step; return their part of the step's mean loss.
+
+    ``objective(model, batch)`` is a micro-batch's mean loss; ``shares`` are each micro-batch's share
+    of the global batch. Each loss is backpropagated times its share and the number of ranks (DDP
+    averages gradients over ranks), so the gradient is that of the global batch's mean loss however
+    the batch is spread over ranks and accumulation. Only the last micro-batch synchronises.
+    """
+    total = torch.zeros((), dtype=torch.float32)
+    for i, (batch, share) in enumerate(zip(micro_batches, shares)):
+        last = i == len(micro_batches) - 1
+        sync = model.no_sync() if isinstance(model, DistributedDataParallel) and not last else nullcontext()
+        with sync:
+            with torch.autocast(batch["images"].device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = objective(model, batch)
+            (loss * (share * ranks)).backward()
+        total = total.to(loss.device) + loss.detach().float() * share
+    return total
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    non_blocking = device.type == "cuda"
+    return {k: v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def check_finite(loss: float, step: int, checkpoint: Path) -> None:
+    if not math.isfinite(loss):
+        kept = f"the last good checkpoint is {checkpoint}" if checkpoint.is_file() else "no checkpoint was written yet"
+        raise TrainingError(f"loss is {loss} at step {step}; stopped ({kept})")
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain model under DDP / compile wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise RunError(message)
+
+
+def check_store_fits(store, config, store_path) -> None:
+    if store.image_size != config.image_size:
+        raise ValueError(f"{store_path} holds {store.image_size}² images but the model takes {config.image_size}²; "
+                         f"pass --image-size {store.image_size} or preprocess again")

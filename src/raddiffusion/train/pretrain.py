@@ -1,0 +1,215 @@
+"""Pretraining (vanilla MAE or DiffMAE) on the train split of a store, with linear probes as it goes.
+
+Readable in one sitting: settings, then :func:`pretrain` — set up the run, then for every step
+take this rank's micro-batches, accumulate gradients, step AdamW, log; at the end of every epoch
+probe (when due), save the checkpoint and the model.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..data.store import open_store
+from ..data.studies import StudyDataset
+from ..fileio import read_json, write_json
+from ..models import from_config, model_config
+from ..models.presets import ModelConfig
+from . import distributed
+from .batches import EpochPlan, micro_batch_generator
+from .checkpoint import save_model
+from .loop import (
+    accumulate_gradients,
+    check_finite,
+    check_precision,
+    check_store_fits,
+    micro_batch_loader,
+    resolve_settings,
+    to_device,
+    unwrap,
+    views_per_study,
+    wrap_for_training,
+)
+from .optim import build_optimizer, set_learning_rate, warmup_cosine
+from .probe import probe, write_probe
+from .runs import CHECKPOINT, CONFIG, SUMMARY, MetricsLog, RunError, check_requested, load_checkpoint, save_checkpoint
+
+PROBE_DIR = "probe"
+PROBE_BATCH_STUDIES = 64
+MAY_CHANGE_ON_RESUME = {"probe_every", "save_every", "workers", "compile"}  # do not change the weights
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """Training settings; the defaults are the original method's (SPEC §4)."""
+
+    epochs: int = 200
+    batch_size: int = 512  # studies per optimizer step, over all processes
+    accumulation: int = 1  # micro-batches per process and step
+    lr: float = 1.4e-4
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.05
+    probe_every: int = 10  # epochs; 0 = only at the end
+    save_every: int = 200  # steps between checkpoints (and at every epoch end)
+    workers: int = 4
+    seed: int = 0
+    precision: str = "fp32"
+    compile: bool = False
+    label_policy: str = "ones"  # of the probe's labels
+    max_views: int | None = None
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision)
+        for name in ("epochs", "batch_size", "accumulation", "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+
+
+def probe_due(epoch: int, settings: PretrainSettings) -> bool:
+    """Probe after epoch ``epoch`` (1-based; 0 = the initialised encoder)?"""
+    every = settings.probe_every
+    return epoch == 0 or epoch == settings.epochs or (every > 0 and epoch % every == 0)
+
+
+def pretrain(
+    store_path: str | Path,
+    run_dir: str | Path,
+    model: dict | None = None,
+    train: dict | None = None,
+    resume: bool = False,
+    device: str | list[int] = "auto",
+    progress: bool = True,
+) -> dict:
+    """Pretrain into ``run_dir``; returns the summary also written to ``run_dir/summary.json``.
+
+    ``model``: ``preset``, ``scheme`` and any :class:`ModelConfig` field; ``train``: any
+    :class:`PretrainSettings` field. When resuming, the run's stored configuration is used and the
+    given values must agree with it (except ``probe_every``, ``save_every``, ``workers``, ``compile``).
+    """
+    run_dir, model, train = Path(run_dir), dict(model or {}), dict(train or {})
+    process = distributed.start(device)
+    if process.device.type == "cpu":
+        distributed.keep_freed_memory()
+    stored = read_json(run_dir / CONFIG) if resume and (run_dir / CONFIG).is_file() else None
+    if stored is None and (run_dir / CONFIG).is_file():
+        raise RunError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --run")
+    config = _resolve_model(stored, model, run_dir)
+    settings = resolve_settings(PretrainSettings, stored and stored["train"], train, MAY_CHANGE_ON_RESUME, run_dir)
+
+    store = open_store(store_path)
+    check_store_fits(store, config, store_path)
+    dataset = StudyDataset(store, split="train", max_views=settings.max_views)
+    views = views_per_study(dataset)
+    steps_per_epoch = len(dataset) // settings.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"--batch-size {settings.batch_size} is larger than the {len(dataset)} train studies "
+                         f"of {store_path}")
+    total_steps = settings.epochs * steps_per_epoch
+    distributed.barrier(process)  # every process has checked the run directory before the main one writes to it
+    if process.is_main:
+        write_json(run_dir / CONFIG, {
+            "command": "pretrain", "store": str(store_path), "model": config.to_dict(), "train": asdict(settings),
+            "data": {"train_studies": len(dataset), "train_images": int(views.sum()), "steps_per_epoch": steps_per_epoch},
+        })
+
+    torch.manual_seed(settings.seed)
+    net = from_config(config).to(process.device)
+    optimizer = build_optimizer(net, settings.lr, settings.weight_decay)
+    checkpoint = run_dir / CHECKPOINT
+    state = {"step": 0, "epoch_loss": 0.0, "last_epoch_loss": None, "seconds": 0.0}
+    if resume and checkpoint.is_file():
+        state = load_checkpoint(checkpoint, net, optimizer)
+    log = MetricsLog(run_dir, enabled=process.is_main)
+    log.keep_until(state["step"])
+    trainer = wrap_for_training(net, process, settings.compile)
+    if state["step"] == 0:
+        _probe(net, store, 0, settings, process, run_dir, progress)
+
+    def objective(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+        return model(batch["images"], batch["lengths"], batch["generator"])
+
+    started = time.perf_counter() - state["seconds"]
+    for epoch in range(state["step"] // steps_per_epoch, settings.epochs):
+        plan = EpochPlan(views, settings.batch_size, settings.accumulation, process.rank, process.ranks,
+                         settings.seed, epoch)
+        first = state["step"] - epoch * steps_per_epoch
+        batches = iter(micro_batch_loader(dataset, plan, first, settings.workers, process.device))
+        bar = tqdm(range(first, steps_per_epoch), desc=f"epoch {epoch + 1}/{settings.epochs}", unit="step",
+                   disable=not (progress and process.is_main), dynamic_ncols=True)
+        for step_in_epoch in bar:
+            step_started = time.perf_counter()
+            step = epoch * steps_per_epoch + step_in_epoch
+            lr = settings.lr * warmup_cosine(step, total_steps, settings.warmup_fraction)
+            set_learning_rate(optimizer, lr)
+            micro = [to_device(next(batches), process.device) for _ in range(settings.accumulation)]
+            for mb, batch in zip(plan.micro_batches(step_in_epoch), micro):
+                batch["generator"] = micro_batch_generator(settings.seed, step, mb.index, process.device)
+            global_images = plan.images(step_in_epoch)
+            shares = [len(batch["images"]) / global_images for batch in micro]
+            local = accumulate_gradients(trainer, micro, shares, process.ranks, objective, settings.precision)
+            loss = distributed.global_sum(local, process).item()
+            check_finite(loss, step + 1, checkpoint)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.update(step=step + 1, epoch_loss=state["epoch_loss"] + loss, seconds=time.perf_counter() - started)
+            images_per_s = global_images / (time.perf_counter() - step_started)
+            log.write({"kind": "step", "step": step + 1, "epoch": epoch + 1, "loss": loss, "lr": lr,
+                       "images_per_s": round(images_per_s, 1)})
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.0f}")
+            if (step + 1) % settings.save_every == 0 and step_in_epoch + 1 < steps_per_epoch and process.is_main:
+                save_checkpoint(checkpoint, net, optimizer, state)
+        bar.close()
+        state.update(last_epoch_loss=state["epoch_loss"] / steps_per_epoch, epoch_loss=0.0)
+        log.write({"kind": "epoch", "step": state["step"], "epoch": epoch + 1, "loss": state["last_epoch_loss"],
+                   "seconds": round(state["seconds"], 1)})
+        if probe_due(epoch + 1, settings):
+            _probe(net, store, epoch + 1, settings, process, run_dir, progress)
+        if process.is_main:
+            save_checkpoint(checkpoint, net, optimizer, state)
+            save_model(net, run_dir / "model.safetensors")
+        distributed.barrier(process)
+
+    summary = _summary(run_dir, config, settings, state)
+    if process.is_main:
+        write_json(run_dir / SUMMARY, summary)
+    log.close()
+    return summary
+
+
+def _resolve_model(stored: dict | None, requested: dict, run_dir: Path) -> ModelConfig:
+    if stored is None:
+        return model_config(**requested)
+    config = ModelConfig(**stored["model"])
+    check_requested(run_dir, config.to_dict(), requested)
+    return config
+
+
+def _probe(net, store, epoch: int, settings: PretrainSettings, process, run_dir: Path, progress: bool) -> None:
+    """Linear probe of the frozen encoder (train -> validate) by the main process; the others wait."""
+    if process.is_main:
+        metrics = probe(unwrap(net), store, label_policy=settings.label_policy, batch_size=PROBE_BATCH_STUDIES,
+                        device=process.device, seed=settings.seed, progress=progress)
+        metrics["epoch"] = epoch
+        write_probe(metrics, run_dir / PROBE_DIR / f"epoch_{epoch:03d}.json")
+        mean = metrics["mean"]
+        if progress:
+            tqdm.write(f"probe after epoch {epoch}: mean AUROC {_fmt(mean['auroc'])}, "
+                       f"AUPRC {_fmt(mean['auprc'])} over {mean['labels']} labels")
+    distributed.barrier(process)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _summary(run_dir: Path, config: ModelConfig, settings: PretrainSettings, state: dict) -> dict:
+    probes = sorted((run_dir / PROBE_DIR).glob("epoch_*.json"))
+    last = read_json(probes[-1]) if probes else None
+    return {
+        "command": "pretrain", "scheme": config.scheme, "preset": config.preset, "epochs": settings.epochs,
+        "steps": state["step"], "final_epoch_loss": state["last_epoch_loss"], "seconds": round(state["seconds"], 1),
+        "probe": {"epoch": last["epoch"], "mean": last["mean"]} if last else None,
+    }
