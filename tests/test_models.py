@@ -279,3 +279,11 @@ def test_bad_options_are_value_errors():
                             ({"colour": True}, "unknown")]:
         with pytest.raises(ValueError, match=message):
             create(**kwargs)
+
+
+def test_timestep_embedding_stays_on_the_device_of_its_timesteps():
+    """Every tensor of the embedding is made where the timesteps are (a CPU table breaks GPU training)."""
+    from raddiffusion.models.vit import timestep_embedding
+
+    embedded = timestep_embedding(torch.arange(5, device="meta"), 16)
+    assert embedded.device.type == "meta" and embedded.shape == (5, 16)

@@ -47,7 +47,7 @@ def unpatchify(patches: torch.Tensor, patch: int, height: int, width: int) -> to
 
 def sincos_1d(width: int, positions: torch.Tensor) -> torch.Tensor:
     """Sin-cos embedding of 1-D positions: ``[P]`` -> ``[P, width]`` (half sines, half cosines)."""
-    omega = torch.arange(width // 2, dtype=torch.float64) / (width / 2.0)
+    omega = torch.arange(width // 2, dtype=torch.float64, device=positions.device) / (width / 2.0)
     omega = 1.0 / POSITION_TEMPERATURE**omega
     angles = positions.to(torch.float64)[:, None] * omega[None, :]
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
