@@ -2,18 +2,15 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
 
-from .data.mimic import CHEXPERT_CSV, METADATA_CSV, SPLIT_CSV, DataError, find_csv
+from .data.mimic import DataError
 
 FAILED = 1
 USAGE_ERROR = 2
 INTERRUPTED = 130
-DEMO_SUBJECTS = 240
-DEMO_SETTINGS = "demo.json"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,19 +50,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_probe(commands)
     _add_finetune(commands)
     _add_run(commands)
+    _add_report(commands)
+    _add_plot_probes(commands)
     return parser
 
 
 def _add_demo(commands) -> None:
+    from .demo import DemoSettings
+
+    defaults = DemoSettings()
     cmd = commands.add_parser(
         "demo",
-        help="run the pipeline on built-in demo data",
-        description="Generate MIMIC-shaped demo data, preprocess it into a store and load study batches from it. "
-        "Re-running reuses what an earlier run finished.",
+        help="the whole method on built-in demo data, in minutes on a CPU",
+        description="Generate MIMIC-shaped demo data, preprocess it, pretrain an xs encoder with both schemes "
+        "(vanilla MAE and DiffMAE) with linear probes and figures, fine-tune and test each, and write a report "
+        "comparing them (OUT/report.html). Re-running reuses what an earlier run finished.",
     )
     cmd.add_argument("--out", type=Path, default=Path("demo"), help="working directory (default: ./demo)")
-    cmd.add_argument("--subjects", type=_positive_int, default=DEMO_SUBJECTS, help=f"demo subjects (default {DEMO_SUBJECTS})")
-    cmd.add_argument("--seed", type=int, default=0, help="random seed of the demo data (default 0)")
+    cmd.add_argument("--subjects", type=_positive_int, default=defaults.subjects,
+                     help=f"demo subjects (default {defaults.subjects})")
+    cmd.add_argument("--epochs", type=_positive_int, default=defaults.epochs,
+                     help=f"pretraining epochs per scheme (default {defaults.epochs})")
+    cmd.add_argument("--seed", type=int, default=defaults.seed, help="seed of data and training (default 0)")
+    cmd.add_argument("--quiet", action="store_true", help="no progress bars")
     cmd.set_defaults(handler=run_demo)
 
 
@@ -243,6 +250,48 @@ def _add_run(commands) -> None:
     cmd.set_defaults(handler=run_workflow)
 
 
+def _add_report(commands) -> None:
+    cmd = commands.add_parser(
+        "report", help="one self-contained HTML report of one or more runs",
+        description="Write one HTML file (images embedded, readable offline) with the runs' settings, data, loss "
+        "curves, linear-probe results, test metrics, reconstructions, diffusion animation and attention maps, runs "
+        "side by side. A RUN is an experiment directory (pretrain/ + finetune*/) or a bare run directory; "
+        "missing files are named in the report.",
+    )
+    cmd.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="experiment or run directories")
+    cmd.add_argument("--store", type=Path, help="store for the data summary (default: the one in each run's config)")
+    cmd.add_argument("--out", type=Path, metavar="FILE",
+                     help="HTML file (default RUN/report.html, or report.html in the runs' common parent)")
+    cmd.add_argument("--title", help="report title (default: the runs' names)")
+    cmd.set_defaults(handler=run_report)
+
+
+def run_report(args: argparse.Namespace, argv: list[str]) -> None:
+    from .visual.report import default_report_path, write_report
+
+    out = write_report(args.runs, args.out or default_report_path(args.runs), store=args.store, title=args.title)
+    print(f"report: {out} ({len(args.runs)} run{'s' if len(args.runs) != 1 else ''})")
+
+
+def _add_plot_probes(commands) -> None:
+    cmd = commands.add_parser(
+        "plot-probes", help="linear-probe curves and per-label bars of one or more runs",
+        description="Write a PNG of the mean AUROC / AUPRC of the linear probe against the epoch, one line per "
+        "run, and beside it (NAME_labels.png) the per-label AUROC at each run's last probe epoch.",
+    )
+    cmd.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="experiment or pretraining run directories")
+    cmd.add_argument("--out", type=Path, metavar="FILE",
+                     help="curves PNG (default probe_curves.png in the run, or in the runs' common parent)")
+    cmd.set_defaults(handler=run_plot_probes)
+
+
+def run_plot_probes(args: argparse.Namespace, argv: list[str]) -> None:
+    from .visual.report import PROBE_CURVES_FILE, common_directory, plot_probes
+
+    curves, bars = plot_probes(args.runs, args.out or common_directory(args.runs) / PROBE_CURVES_FILE)
+    print(f"plot-probes: {curves} and {bars} ({len(args.runs)} run{'s' if len(args.runs) != 1 else ''})")
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -277,26 +326,9 @@ def run_preprocess(args: argparse.Namespace, argv: list[str]) -> None:
 
 
 def run_demo(args: argparse.Namespace, argv: list[str]) -> None:
-    from .data.preprocess import available_cpus, preprocess
-    from .data.store import open_store
-    from .data.studies import StudyDataset, collate_studies
-    from .data.synth import synthesize
+    from .demo import DemoSettings, run_demo
 
-    started = time.perf_counter()
-    _check_demo_settings(args.out, {"subjects": args.subjects, "seed": args.seed})
-    tree = args.out / "mimic"
-    if not _tree_complete(tree):
-        shutil.rmtree(tree, ignore_errors=True)
-        synthesize(tree, subjects=args.subjects, seed=args.seed, workers=available_cpus())
-    print(preprocess(tree, args.out / "store").line())
-    store = open_store(args.out / "store")
-    train = StudyDataset(store, split="train")
-    batch = collate_studies([train[i] for i in range(min(len(train), 8))])
-    print(f"store: {store.summary()}")
-    print(
-        f"demo: a batch of {len(batch['lengths'])} train studies holds {batch['images'].shape[0]} images "
-        f"{tuple(batch['images'].shape[1:])}; done in {time.perf_counter() - started:.1f}s (data in {args.out})"
-    )
+    run_demo(args.out, DemoSettings(subjects=args.subjects, seed=args.seed, epochs=args.epochs), progress=not args.quiet)
 
 
 def _device(args: argparse.Namespace) -> str | list[int]:
@@ -425,21 +457,6 @@ def _next_finetune_dir(name: Path) -> Path:
         if not is_finished(path):
             return path
         number += 1
-
-
-def _check_demo_settings(out: Path, settings: dict) -> None:
-    """Record the demo's data settings in OUT, or refuse to mix runs made with other settings."""
-    from .fileio import read_json, write_json
-
-    path = out / DEMO_SETTINGS
-    if path.is_file() and read_json(path) != settings:
-        earlier = ", ".join(f"--{k} {v}" for k, v in read_json(path).items())
-        raise ValueError(f"{out} holds a demo made with {earlier}; use those or another --out")
-    write_json(path, settings)
-
-
-def _tree_complete(tree: Path) -> bool:
-    return all(find_csv(tree, name) is not None for name in (METADATA_CSV, SPLIT_CSV, CHEXPERT_CSV))
 
 
 if __name__ == "__main__":

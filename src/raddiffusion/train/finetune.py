@@ -37,12 +37,14 @@ from .loop import (
 )
 from .metrics import format_table, label_metrics
 from .optim import build_optimizer, set_learning_rate, warmup_cosine
+from ..visual.study import ATTENTION, FIGURES, attention_map_figure
+from .pretrain import figure_reference
 from .runs import CHECKPOINT, CONFIG, SUMMARY, MetricsLog, RunError, check_requested, load_checkpoint, save_checkpoint
 
 BEST_WEIGHTS = "model.safetensors"
 TEST_METRICS = "test_metrics.json"
 EVAL_BATCH_STUDIES = 64
-MAY_CHANGE_ON_RESUME = {"save_every", "workers", "compile"}
+MAY_CHANGE_ON_RESUME = {"save_every", "workers", "compile", "reference_study"}
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class FinetuneSettings:
     compile: bool = False
     label_policy: str = "ones"
     max_views: int | None = None
+    reference_study: int | None = None  # its attention maps are drawn; default: first validation study, 2+ views
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
@@ -191,6 +194,9 @@ def finetune(
         metrics = evaluate_test_split(best, store, settings, process.device, progress)
         write_test_metrics(metrics, run_dir / TEST_METRICS)
         summary["test"] = {"studies": metrics["studies"], "mean": metrics["mean"]}
+        figure_study = figure_reference(store, settings.reference_study)
+        if figure_study is not None:
+            attention_map_figure(best, *figure_study, run_dir / FIGURES / ATTENTION)
         write_json(run_dir / SUMMARY, summary)
     log.close()
     distributed.barrier(process)

@@ -35,11 +35,12 @@ from .loop import (
 )
 from .optim import build_optimizer, set_learning_rate, warmup_cosine
 from .probe import probe, write_probe
+from ..visual.study import FIGURES, reconstruction_figures, reference_study
 from .runs import CHECKPOINT, CONFIG, SUMMARY, MetricsLog, RunError, check_requested, load_checkpoint, save_checkpoint
 
 PROBE_DIR = "probe"
 PROBE_BATCH_STUDIES = 64
-MAY_CHANGE_ON_RESUME = {"probe_every", "save_every", "workers", "compile"}  # do not change the weights
+MAY_CHANGE_ON_RESUME = {"probe_every", "save_every", "workers", "compile", "reference_study"}  # weights unchanged
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class PretrainSettings:
     compile: bool = False
     label_policy: str = "ones"  # of the probe's labels
     max_views: int | None = None
+    reference_study: int | None = None  # drawn every epoch; default: the first validation study with 2+ views
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
@@ -125,6 +127,7 @@ def pretrain(
     log = MetricsLog(run_dir, enabled=process.is_main)
     log.keep_until(state["step"])
     trainer = wrap_for_training(net, process, settings.compile)
+    figure_study = figure_reference(store, settings.reference_study) if process.is_main else None
     if state["step"] == 0:
         _probe(net, store, 0, settings, process, run_dir, progress)
 
@@ -168,6 +171,9 @@ def pretrain(
         if probe_due(epoch + 1, settings):
             _probe(net, store, epoch + 1, settings, process, run_dir, progress)
         if process.is_main:
+            if figure_study is not None:
+                reconstruction_figures(net, *figure_study, run_dir / FIGURES, f"epoch_{epoch + 1:03d}",
+                                       animation=epoch + 1 == settings.epochs)
             save_checkpoint(checkpoint, net, optimizer, state)
             save_model(net, run_dir / "model.safetensors")
         distributed.barrier(process)
@@ -177,6 +183,15 @@ def pretrain(
         write_json(run_dir / SUMMARY, summary)
     log.close()
     return summary
+
+
+def figure_reference(store, study_id: int | None) -> tuple[dict, int] | None:
+    """The reference study of the figures, or None (with a note) when the store has none to offer."""
+    try:
+        return reference_study(store, study_id)
+    except ValueError as exc:
+        tqdm.write(f"no reconstruction figures: {exc}")
+        return None
 
 
 def _resolve_model(stored: dict | None, requested: dict, run_dir: Path) -> ModelConfig:

@@ -1,0 +1,106 @@
+"""``raddiffusion demo``: the whole method on built-in demo data, small enough for a laptop CPU.
+
+demo data (MIMIC-shaped tree) -> store -> for each scheme: pretrain (with probes and figures),
+fine-tune and test -> one report comparing both. Every stage resumes: a re-run reuses what an
+earlier run finished, and the same seed gives the same numbers.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .data.mimic import CHEXPERT_CSV, METADATA_CSV, SPLIT_CSV, find_csv
+from .data.preprocess import available_cpus, preprocess
+from .data.store import open_store
+from .data.synth import synthesize
+from .fileio import read_json, write_json
+from .models.presets import SCHEMES
+from .train.finetune import finetune
+from .train.pretrain import pretrain
+from .train.runs import CONFIG, is_finished
+from .visual.report import write_report
+
+SETTINGS_FILE = "demo.json"
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """The demo's size: data, epochs and batches chosen to finish in minutes on two CPU cores."""
+
+    subjects: int = 500
+    seed: int = 0
+    epochs: int = 12
+    batch_size: int = 32  # studies per step
+    probe_every: int = 4
+    finetune_epochs: int = 6
+    finetune_patience: int = 3
+
+
+def run_demo(out: Path, settings: DemoSettings = DemoSettings(), progress: bool = True) -> Path:
+    """Run the whole demo into ``out``; returns the path of the comparison report."""
+    started = time.perf_counter()
+    check_settings(out, settings)
+    store = build_store(out, settings)
+    runs = []
+    for number, scheme in enumerate(SCHEMES, start=1):
+        stage(f"[{number}/{len(SCHEMES)}] {scheme}: pretrain, probe, fine-tune, test")
+        runs.append(train_scheme(out / "runs" / scheme, store, scheme, settings, progress))
+    report = write_report(runs, out / "report.html", store=store, title="RadDiffusion demo: vanilla MAE vs DiffMAE")
+    print(f"demo: done in {time.perf_counter() - started:.0f}s; report: {report}")
+    return report
+
+
+def stage(text: str) -> None:
+    print(f"demo {text}", flush=True)
+
+
+def check_settings(out: Path, settings: DemoSettings) -> None:
+    """Record the demo's settings in OUT, or refuse to mix runs made with other settings."""
+    path = out / SETTINGS_FILE
+    wanted = {"subjects": settings.subjects, "seed": settings.seed, "epochs": settings.epochs}
+    if path.is_file() and read_json(path) != wanted:
+        earlier = ", ".join(f"--{k} {v}" for k, v in read_json(path).items())
+        raise ValueError(f"{out} holds a demo made with {earlier}; use those or another --out")
+    write_json(path, wanted)
+
+
+def tree_complete(tree: Path) -> bool:
+    return all(find_csv(tree, name) is not None for name in (METADATA_CSV, SPLIT_CSV, CHEXPERT_CSV))
+
+
+def build_store(out: Path, settings: DemoSettings) -> Path:
+    """The demo tree (written once) preprocessed into ``out/store``."""
+    tree, store = out / "mimic", out / "store"
+    if not tree_complete(tree):
+        stage(f"data: writing {settings.subjects} subjects of MIMIC-shaped demo radiographs to {tree}")
+        shutil.rmtree(tree, ignore_errors=True)
+        synthesize(tree, subjects=settings.subjects, seed=settings.seed, workers=available_cpus())
+    print(preprocess(tree, store).line())
+    print(f"store: {open_store(store).summary()}")
+    return store
+
+
+def train_scheme(experiment: Path, store: Path, scheme: str, settings: DemoSettings, progress: bool) -> Path:
+    """Pretrain (or resume, or reuse) one scheme, then fine-tune and test from it."""
+    pretrain_dir, finetune_dir = experiment / "pretrain", experiment / "finetune"
+    if not is_finished(pretrain_dir):
+        pretrain(store, pretrain_dir, model={"preset": "xs", "scheme": scheme},
+                 train={"epochs": settings.epochs, "batch_size": settings.batch_size, "probe_every": settings.probe_every,
+                        "seed": settings.seed, "workers": 1},
+                 resume=(pretrain_dir / CONFIG).is_file(), device="cpu", progress=progress)
+    if not is_finished(finetune_dir):
+        finetune(store, finetune_dir, pretrained=pretrain_dir,
+                 train={"epochs": settings.finetune_epochs, "patience": settings.finetune_patience,
+                        "batch_size": settings.batch_size, "seed": settings.seed, "workers": 1},
+                 resume=(finetune_dir / CONFIG).is_file(), device="cpu", progress=progress)
+    summary = read_json(finetune_dir / "summary.json")
+    print(f"{scheme}: probe mean AUROC {_mean(read_json(pretrain_dir / 'summary.json'))}, "
+          f"fine-tuned test mean AUROC {summary['test']['mean']['auroc']:.3f}")
+    return experiment
+
+
+def _mean(summary: dict) -> str:
+    probe = summary.get("probe")
+    return "n/a" if not probe or probe["mean"]["auroc"] is None else f"{probe['mean']['auroc']:.3f}"
