@@ -8,7 +8,7 @@ import pytest
 
 from raddiffusion.cli import main
 
-COMMANDS = ["demo", "synth", "preprocess"]
+COMMANDS = ["demo", "synth", "preprocess", "pretrain", "probe", "finetune", "run", "figures", "report", "plot-probes"]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -2,6 +2,7 @@
 the ``run`` workflow with the original spellings, ``probe`` and ``finetune --from`` on the command line."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,7 +33,7 @@ TRAIN_STUDIES, VALIDATE_STUDIES, TEST_STUDIES = 24, 8, 4  # labelled; one more t
 BATCH = 4
 STEPS_PER_EPOCH = TRAIN_STUDIES // BATCH
 BASE_TRAIN = {"batch_size": BATCH, "workers": 0, "save_every": 100, "lr": 1e-3}
-FINETUNED = {"epochs": 2, "lr": 3e-3}  # the run of the `finetuned` fixture, also the reference of resume
+FINETUNED = {"epochs": 2, "lr": 3e-3}  # the run of the `finetuned` fixture
 UNCERTAIN_EVERY = 5  # Edema is uncertain (-1) in studies s % 5 == 0
 
 
@@ -51,15 +52,15 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    """24 labelled train studies (+1 unlabelled), 8 validate, 4 test; 1-3 views of distinct greys."""
-    root = tmp_path_factory.mktemp("finetune")
+def _write_store(root: Path, validate: bool = True) -> Path:
+    """24 labelled train studies (+1 unlabelled), 8 validate (or none), 4 test; 1-3 views of distinct greys."""
     images, labels = [], {}
     total = TRAIN_STUDIES + VALIDATE_STUDIES + TEST_STUDIES
     for s in range(total + 1):
         split = ("train" if s < TRAIN_STUDIES or s == total
                  else "validate" if s < TRAIN_STUDIES + VALIDATE_STUDIES else "test")
+        if split == "validate" and not validate:
+            continue
         prefix = {"train": 10 + s % 8, "validate": 18, "test": 19}[split]
         subject, study = prefix * 1_000_000 + s, 50_000_000 + s
         for k, view in enumerate(["PA", "LATERAL", "AP"][: 1 + s % 3]):
@@ -69,6 +70,11 @@ def store(tmp_path_factory) -> Path:
     write_tree(root / "mimic", images, labels)
     preprocess(root / "mimic", root / "store", image_size=SIZE, workers=1, progress=False)
     return root / "store"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    return _write_store(tmp_path_factory.mktemp("finetune"))
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +95,8 @@ def _epochs(run: Path) -> list[dict]:
 
 def _assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+    for name, tensor in a.items():
+        assert torch.equal(tensor, b[name]), name
 
 
 def _expected_pos_weight(policy: str) -> np.ndarray:
@@ -271,7 +277,14 @@ def test_best_weights_are_kept_when_later_epochs_are_worse(store, pretrained, tm
         seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         return next(scripted)
 
+    real_test, tested = finetune_module.evaluate_test_split, []
+
+    def spy_test(model, *args, **kwargs):
+        tested.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real_test(model, *args, **kwargs)
+
     monkeypatch.setattr(finetune_module, "evaluate_loss", scripted_loss)
+    monkeypatch.setattr(finetune_module, "evaluate_test_split", spy_test)
     run = tmp_path / "run"
     summary = _finetune(store, run, pretrained, epochs=4, patience=1)
     assert (summary["epochs_run"], summary["best_epoch"], summary["best_val_loss"]) == (3, 2, 0.5)
@@ -279,6 +292,21 @@ def test_best_weights_are_kept_when_later_epochs_are_worse(store, pretrained, tm
     assert [r["val_loss"] for r in _epochs(run)] == [1.0, 0.5, 0.7]
     _assert_same_tensors(load_file(run / "model.safetensors"), seen[1])  # not the last epoch's weights
     assert not torch.equal(seen[1]["head.weight"], seen[2]["head.weight"])
+    # the test split is evaluated with the best weights, not with the last ones
+    assert len(tested) == 1
+    _assert_same_tensors(tested[0], seen[1])
+    best = StudyClassifier(rd.load(run).config)
+    best.load_state_dict(seen[1])
+    expected = evaluate_test_split(best.eval(), rd.open_store(store), FinetuneSettings(), torch.device("cpu"), False)
+    assert json.loads(json.dumps(expected)) == read_json(run / "test_metrics.json")
+
+
+def test_a_store_without_validation_studies_is_refused_before_the_run_is_written(tmp_path):
+    store = _write_store(tmp_path, validate=False)
+    assert len(rd.StudyDataset(rd.open_store(store), split="validate")) == 0
+    with pytest.raises(ValueError, match="no labelled validate studies"):
+        finetune(store, tmp_path / "run", model=TINY, train=BASE_TRAIN | {"epochs": 2}, device="cpu", progress=False)
+    assert not (tmp_path / "run" / "config.json").exists()  # the same --run can be used again
 
 
 # 3. early stopping on the real validation loss ----------------------------------------------------------------------
@@ -302,13 +330,38 @@ def test_early_stopping_when_the_validation_loss_stops_improving(store, pretrain
 
 # 5. resume ----------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("stop_at_step", [STEPS_PER_EPOCH, STEPS_PER_EPOCH + 2], ids=["epoch-end", "mid-epoch"])
-def test_interrupted_then_resumed_equals_an_uninterrupted_run(store, pretrained, finetuned, tmp_path, monkeypatch,
-                                                              stop_at_step):
-    reference, expected, _ = finetuned  # the same settings, save_every aside (it may change; weights do not)
-    settings = FINETUNED | {"save_every": 2}
+RESUMED = {"epochs": 3, "patience": 1, "save_every": 2, "lr": 3e-3}
 
-    real, saved = finetune_module.save_checkpoint, []
+
+def _rising_validation_loss(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The negated real validation loss: it falls as the model learns, so the negation rises after epoch 1 and
+    a resumed run must know its best loss so far (and its epochs without improvement) to decide as the reference."""
+    real = finetune_module.evaluate_loss
+    monkeypatch.setattr(finetune_module, "evaluate_loss", lambda *args, **kwargs: -real(*args, **kwargs))
+
+
+@pytest.fixture(scope="module")
+def resume_reference(store, pretrained, tmp_path_factory) -> tuple[Path, dict]:
+    run = tmp_path_factory.mktemp("resume_reference") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        _rising_validation_loss(patch)
+        summary = _finetune(store, run, pretrained, **RESUMED)
+    return run, summary
+
+
+def test_the_resume_reference_stops_early_and_keeps_epoch_1(resume_reference):
+    run, summary = resume_reference
+    assert (summary["epochs_run"], summary["best_epoch"], summary["steps"]) == (2, 1, 2 * STEPS_PER_EPOCH)
+    assert [r["best"] for r in _epochs(run)] == [True, False]
+
+
+@pytest.mark.parametrize("stop_at_step", [0, STEPS_PER_EPOCH, STEPS_PER_EPOCH + 2, 2 * STEPS_PER_EPOCH],
+                         ids=["before-any-checkpoint", "end-of-epoch-1", "mid-epoch-2", "end-of-epoch-2"])
+def test_interrupted_then_resumed_equals_an_uninterrupted_run(store, pretrained, resume_reference, tmp_path,
+                                                              monkeypatch, stop_at_step):
+    reference, expected = resume_reference
+    _rising_validation_loss(monkeypatch)
+    real, saved = finetune_module.save_checkpoint, [0]
 
     def save_then_interrupt(path, net, optimizer, state):
         real(path, net, optimizer, state)
@@ -316,25 +369,33 @@ def test_interrupted_then_resumed_equals_an_uninterrupted_run(store, pretrained,
         if state["step"] == stop_at_step:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(finetune_module, "save_checkpoint", save_then_interrupt)
-    run = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
-        _finetune(store, run, pretrained, **settings)
-    assert saved[-1] == stop_at_step and not (run / "summary.json").exists()
-    assert not (run / "test_metrics.json").exists()
-    monkeypatch.undo()
+    def interrupt(*args, **kwargs):  # in the first step: the run directory holds config.json and no checkpoint
+        raise KeyboardInterrupt
 
-    summary = _finetune(store, run, pretrained, resume=True, **settings)
+    with monkeypatch.context() as patch:
+        patch.setattr(finetune_module, "save_checkpoint", save_then_interrupt)
+        if stop_at_step == 0:
+            patch.setattr(finetune_module, "accumulate_gradients", interrupt)
+        run = tmp_path / "run"
+        with pytest.raises(KeyboardInterrupt):
+            _finetune(store, run, pretrained, **RESUMED)
+    assert saved[-1] == stop_at_step and not (run / "summary.json").exists()
+    assert (run / "config.json").is_file() and not (run / "test_metrics.json").exists()
+    assert (run / "checkpoint.safetensors").is_file() == (stop_at_step > 0)
+
+    summary = _finetune(store, run, pretrained, resume=True, **RESUMED)
     assert {k: v for k, v in summary.items() if k != "seconds"} == {
         k: v for k, v in expected.items() if k != "seconds"}
     _assert_same_tensors(load_file(run / "model.safetensors"), load_file(reference / "model.safetensors"))
+    _assert_same_tensors(load_file(run / "checkpoint.safetensors"), load_file(reference / "checkpoint.safetensors"))
     assert read_json(run / "test_metrics.json") == read_json(reference / "test_metrics.json")
     steps = [r for r in read_metrics(run) if r["kind"] == "step"]
-    assert [r["step"] for r in steps] == list(range(1, 2 * STEPS_PER_EPOCH + 1))
+    assert [r["step"] for r in steps] == list(range(1, expected["steps"] + 1))
     assert [r["loss"] for r in steps] == pytest.approx(
         [r["loss"] for r in read_metrics(reference) if r["kind"] == "step"], rel=1e-6)
-    assert [(r["epoch"], r["val_loss"], r["best"]) for r in _epochs(run)] == [
-        (r["epoch"], r["val_loss"], r["best"]) for r in _epochs(reference)]
+    assert [(r["epoch"], r["step"], r["val_loss"], r["best"]) for r in _epochs(run)] == [
+        (r["epoch"], r["step"], r["val_loss"], r["best"]) for r in _epochs(reference)]
+    assert [r["loss"] for r in _epochs(run)] == pytest.approx([r["loss"] for r in _epochs(reference)], rel=1e-6)
 
 
 # 6-8. the command line ----------------------------------------------------------------------------------------------
@@ -375,7 +436,7 @@ def test_run_workflow_with_the_original_spellings(store, tmp_path, monkeypatch, 
 
 
 def test_probe_command_on_a_pretraining_run(store, pretrained, capsys):
-    code = main(["probe", str(pretrained), "--store", str(store), "--split", "test", "--device", "cpu"])
+    code = main(["probe", str(pretrained), "--store", str(store), "--split", "test"])
     out = capsys.readouterr().out
     assert code == 0
     assert "Cardiomegaly" in out and "\nprobe: mean AUROC" in "\n" + out, out

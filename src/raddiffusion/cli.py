@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_probe(commands)
     _add_finetune(commands)
     _add_run(commands)
+    _add_figures(commands)
     _add_report(commands)
     _add_plot_probes(commands)
     return parser
@@ -113,9 +114,9 @@ def _add_preprocess(commands) -> None:
 MODEL_OPTIONS = ("preset", "scheme", "mask_ratio", "image_size", "decoder", "schedule", "timesteps",
                  "time_embedding", "norm_pix_loss")
 PRETRAIN_OPTIONS = ("epochs", "batch_size", "accumulation", "lr", "probe_every", "save_every", "workers", "seed",
-                    "precision", "compile", "label_policy", "max_views")
+                    "precision", "compile", "label_policy", "max_views", "reference_study")
 FINETUNE_OPTIONS = ("epochs", "batch_size", "accumulation", "lr", "patience", "save_every", "workers", "seed",
-                    "precision", "compile", "label_policy", "max_views")
+                    "precision", "compile", "label_policy", "max_views", "reference_study")
 
 
 def _add_model_options(cmd: argparse.ArgumentParser) -> None:
@@ -164,6 +165,8 @@ def _add_training_options(cmd: argparse.ArgumentParser, defaults, finetune: bool
     group.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     group.add_argument("--label-policy", choices=POLICIES, help="uncertain labels: ones (default), zeros, ignore")
     group.add_argument("--max-views", type=_positive_int, help="at most N views per study, frontal first")
+    group.add_argument("--reference-study", type=int, metavar="ID",
+                       help="study drawn in the figures (default: the first validation study with 2+ views)")
 
 
 def _add_run_options(cmd: argparse.ArgumentParser) -> None:
@@ -292,6 +295,21 @@ def run_plot_probes(args: argparse.Namespace, argv: list[str]) -> None:
     print(f"plot-probes: {curves} and {bars} ({len(args.runs)} run{'s' if len(args.runs) != 1 else ''})")
 
 
+def _add_figures(commands) -> None:
+    cmd = commands.add_parser(
+        "figures", help="draw a study's reconstruction, diffusion animation and attention maps for any model",
+        description="For a run directory or a .safetensors model: original | masked input | reconstruction (pretrained "
+        "models), the reverse-diffusion GIF (DiffMAE) and CLS -> patch attention maps (any model) of one study.",
+    )
+    cmd.add_argument("model", type=Path, metavar="RUN_OR_CHECKPOINT", help="run directory or .safetensors model")
+    cmd.add_argument("--store", type=Path, required=True, help="store holding the study")
+    cmd.add_argument("--study", type=int, help="study id (default: the first validation study with 2+ views)")
+    cmd.add_argument("--out", type=Path, help="output folder (default RUN/figures, or beside the model file)")
+    cmd.add_argument("--attention", choices=("rollout", "last"), default="rollout",
+                     help="attention rollout over all layers (default) or the last layer only")
+    cmd.set_defaults(handler=run_figures)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -331,6 +349,22 @@ def run_demo(args: argparse.Namespace, argv: list[str]) -> None:
     run_demo(args.out, DemoSettings(subjects=args.subjects, seed=args.seed, epochs=args.epochs), progress=not args.quiet)
 
 
+def run_figures(args: argparse.Namespace, argv: list[str]) -> None:
+    from .data.store import open_store
+    from .models import StudyClassifier
+    from .train.checkpoint import load
+    from .visual.study import FIGURES, attention_map_figure, reconstruction_figures, reference_study
+
+    model = load(args.model)
+    batch, study_id = reference_study(open_store(args.store), args.study)
+    out = args.out or (args.model / FIGURES if args.model.is_dir() else args.model.parent)
+    paths = [] if isinstance(model, StudyClassifier) else reconstruction_figures(
+        model, batch, study_id, out, f"study_{study_id}", animation=out / f"animation_study_{study_id}.gif")
+    paths.append(attention_map_figure(model, batch, study_id, out / f"attention_study_{study_id}.png", args.attention))
+    print(f"figures: study {study_id} ({len(batch['lengths'])} study, {len(batch['images'])} views): "
+          + ", ".join(str(p) for p in paths))
+
+
 def _device(args: argparse.Namespace) -> str | list[int]:
     from .train.distributed import parse_device
 
@@ -360,7 +394,7 @@ def run_pretrain(args: argparse.Namespace, argv: list[str]) -> int | None:
 
 def _pretrain_line(run: Path, summary: dict) -> str:
     probe = summary["probe"]
-    probed = f"; probe mean AUROC {probe['mean']['auroc']:.3f} after epoch {probe['epoch']}" if probe else ""
+    probed = f"; probe mean AUROC {_number(probe['mean']['auroc'])} after epoch {probe['epoch']}" if probe else ""
     return (f"pretrain: {summary['preset']} {summary['scheme']}, {summary['epochs']} epochs ({summary['steps']} steps) "
             f"in {summary['seconds']:.0f}s, last epoch loss {summary['final_epoch_loss']:.4f}{probed}; run in {run}")
 

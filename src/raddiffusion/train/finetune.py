@@ -119,6 +119,8 @@ def finetune(
     if steps_per_epoch == 0:
         raise ValueError(f"--batch-size {settings.batch_size} is larger than the {len(train_set)} labelled train "
                          f"studies of {store_path}")
+    if len(val_set) == 0:
+        raise ValueError(f"{store_path} has no labelled validate studies: early stopping needs them")
     weight = pos_weight(train_set).to(process.device)
     distributed.barrier(process)  # every process has checked the run directory before it is written
     if process.is_main and stored is None:
@@ -210,6 +212,8 @@ def _initial_model(stored: dict | None, pretrained, requested: dict, run_dir: Pa
     if stored is not None:
         config = ModelConfig(**stored["model"])
         check_requested(run_dir, config.to_dict(), requested)
+        if stored.get("pretrained") and not (run_dir / CHECKPOINT).is_file():
+            return _initial_model(None, stored["pretrained"], requested, run_dir)  # stopped before its 1st checkpoint
         return StudyClassifier(config)
     if pretrained is None:
         return StudyClassifier(model_config(**requested))

@@ -35,7 +35,7 @@ from .loop import (
 )
 from .optim import build_optimizer, set_learning_rate, warmup_cosine
 from .probe import probe, write_probe
-from ..visual.study import FIGURES, reconstruction_figures, reference_study
+from ..visual.study import ANIMATION, FIGURES, reconstruction_figures, reference_study
 from .runs import CHECKPOINT, CONFIG, SUMMARY, MetricsLog, RunError, check_requested, load_checkpoint, save_checkpoint
 
 PROBE_DIR = "probe"
@@ -173,7 +173,7 @@ def pretrain(
         if process.is_main:
             if figure_study is not None:
                 reconstruction_figures(net, *figure_study, run_dir / FIGURES, f"epoch_{epoch + 1:03d}",
-                                       animation=epoch + 1 == settings.epochs)
+                                       animation=run_dir / FIGURES / ANIMATION if epoch + 1 == settings.epochs else None)
             save_checkpoint(checkpoint, net, optimizer, state)
             save_model(net, run_dir / "model.safetensors")
         distributed.barrier(process)

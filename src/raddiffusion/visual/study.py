@@ -58,9 +58,10 @@ def space_note(model: nn.Module) -> str:
 
 @torch.no_grad()
 def reconstruction_figures(
-    model: MAE | DiffMAE, batch: dict, study_id: int, out_dir: Path, name: str, animation: bool = False
+    model: MAE | DiffMAE, batch: dict, study_id: int, out_dir: Path, name: str, animation: Path | None = None
 ) -> list[Path]:
-    """Original | masked input | reconstruction of the study (and the reverse-diffusion GIF if asked)."""
+    """Original | masked input | reconstruction of the study; for DiffMAE the reverse-diffusion GIF if
+    ``animation`` names a file for it."""
     device = next(model.parameters()).device
     images, lengths = batch["images"].to(device), batch["lengths"].to(device)
     was_training = model.training
@@ -71,9 +72,9 @@ def reconstruction_figures(
     title = f"study {study_id}: {model.config.scheme} {model.config.preset}, {name.replace('_', ' ')}"
     paths = [reconstruction_figure(images.cpu(), result, model.config.patch_size, out_dir / f"reconstruction_{name}.png",
                                    title, space_note(model))]
-    if animation and isinstance(model, DiffMAE):
+    if animation is not None and isinstance(model, DiffMAE):
         frames = [frame.cpu() for frame in result["frames"]]
-        paths.append(diffusion_animation(frames, result["mask"], model.config.patch_size, out_dir / ANIMATION,
+        paths.append(diffusion_animation(frames, result["mask"], model.config.patch_size, animation,
                                          every=ANIMATION_EVERY))
     return paths
 
