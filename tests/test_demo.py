@@ -1,7 +1,10 @@
-"""The demo pipeline end to end at a tiny size: both schemes, the report, the same numbers twice."""
+"""The demo pipeline end to end at a tiny size: both schemes, the report, reuse on a re-run.
+
+That one seed gives the same numbers twice is tested where the numbers are made: two pretraining
+runs with one seed end with equal weights in tests/test_pretrain.py (resumed or not).
+"""
 from __future__ import annotations
 
-import json
 
 import pytest
 
@@ -13,21 +16,11 @@ TINY = DemoSettings(subjects=16, epochs=2, batch_size=4, probe_every=1, finetune
 @pytest.fixture(scope="module")
 def demos(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
-    first = run_demo(root / "a", TINY, progress=False)
-    second = run_demo(root / "b", TINY, progress=False)
-    return root, first, second
-
-
-def _numbers(out, scheme):
-    runs = out / "runs" / scheme
-    probe = json.loads((runs / "pretrain" / "probe" / "epoch_002.json").read_text())
-    test = json.loads((runs / "finetune" / "test_metrics.json").read_text())
-    losses = [json.loads(line)["loss"] for line in (runs / "pretrain" / "metrics.jsonl").read_text().splitlines()]
-    return probe["labels"], test["labels"], losses
+    return root, run_demo(root / "a", TINY, progress=False)
 
 
 def test_demo_runs_both_schemes_and_writes_one_report(demos):
-    root, first, _ = demos
+    root, first = demos
     assert first == root / "a" / "report.html"
     html = first.read_text()
     for scheme in ("vanilla", "diffusion"):
@@ -40,14 +33,8 @@ def test_demo_runs_both_schemes_and_writes_one_report(demos):
     assert "data:image/gif;base64," in html
 
 
-def test_the_same_seed_gives_the_same_numbers(demos):
-    root, _, _ = demos
-    for scheme in ("vanilla", "diffusion"):
-        assert _numbers(root / "a", scheme) == _numbers(root / "b", scheme)
-
-
 def test_a_rerun_reuses_the_finished_work(demos, capsys):
-    root, first, _ = demos
+    root, first = demos
     weights = root / "a" / "runs" / "vanilla" / "pretrain" / "model.safetensors"
     before = weights.stat().st_mtime_ns
     assert run_demo(root / "a", TINY, progress=False) == first
@@ -56,6 +43,6 @@ def test_a_rerun_reuses_the_finished_work(demos, capsys):
 
 
 def test_other_settings_in_the_same_folder_are_refused(demos):
-    root, _, _ = demos
+    root, _ = demos
     with pytest.raises(ValueError, match="--epochs 2"):
         run_demo(root / "a", DemoSettings(subjects=16, epochs=3), progress=False)
