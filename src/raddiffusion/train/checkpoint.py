@@ -55,14 +55,18 @@ def _weights_file(path: Path) -> Path:
     return path
 
 
-def _read_checkpoint(file: Path) -> tuple[ModelConfig, str, dict[str, torch.Tensor]]:
+def read_safetensors(file: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """``(metadata, tensors)`` of a safetensors file; anything else or a damaged one -> CheckpointError."""
     check_safetensors_header(file)
     try:
         with safe_open(str(file), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            state = {name: handle.get_tensor(name) for name in handle.keys()}
+            return handle.metadata() or {}, {name: handle.get_tensor(name) for name in handle.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{file}: damaged safetensors file ({first_line(exc)})") from None
+
+
+def _read_checkpoint(file: Path) -> tuple[ModelConfig, str, dict[str, torch.Tensor]]:
+    metadata, state = read_safetensors(file)
     if metadata.get("format") != CHECKPOINT_FORMAT or "config" not in metadata:
         raise CheckpointError(f"{file}: safetensors file without a raddiffusion model configuration")
     try:

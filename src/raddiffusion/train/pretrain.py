@@ -190,7 +190,7 @@ def figure_reference(store, study_id: int | None) -> tuple[dict, int] | None:
     try:
         return reference_study(store, study_id)
     except ValueError as exc:
-        tqdm.write(f"no reconstruction figures: {exc}")
+        tqdm.write(f"no figures of a reference study: {exc}")
         return None
 
 

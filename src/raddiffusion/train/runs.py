@@ -15,13 +15,12 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..errors import first_line
 from ..fileio import atomic_path, read_json, write_json
 from ..models.api import model_kind
-from .checkpoint import CheckpointError, check_safetensors_header
+from .checkpoint import CheckpointError, read_safetensors
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.safetensors"
@@ -100,13 +99,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
     """Restore model (and optimizer) from :func:`save_checkpoint`'s file; return its progress."""
-    check_safetensors_header(path)
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: damaged checkpoint ({first_line(exc)})") from None
+    metadata, tensors = read_safetensors(path)
     if metadata.get("format") != TRAINING_FORMAT:
         raise CheckpointError(f"{path}: not a raddiffusion training checkpoint")
     stored = json.loads(metadata["config"])
