@@ -16,6 +16,7 @@ INTERRUPTED = 130
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``raddiffusion`` console script."""
     from .train.checkpoint import CheckpointError
+    from .train.distributed import stop as stop_distributed
     from .train.loop import TrainingError
     from .train.runs import RunError
 
@@ -33,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"raddiffusion {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
         return INTERRUPTED
-    return 0
+    finally:
+        stop_distributed()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from ..data.studies import StudyDataset, collate_studies
 from .batches import EpochPlan
 from .distributed import Process
-from .runs import RunError, check_requested
+from .runs import check_requested
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -104,11 +104,6 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     while hasattr(model, "module"):
         model = model.module
     return model
-
-
-def require(condition: bool, message: str) -> None:
-    if not condition:
-        raise RunError(message)
 
 
 def check_store_fits(store, config, store_path) -> None:

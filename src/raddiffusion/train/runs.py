@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..errors import first_line
-from ..fileio import atomic_path, read_json, write_json
+from ..fileio import atomic_path
 from ..models.api import model_kind
 from .checkpoint import CheckpointError, read_safetensors
 
@@ -36,23 +36,6 @@ class RunError(Exception):
 
 def is_finished(run_dir: Path) -> bool:
     return (run_dir / SUMMARY).is_file()
-
-
-def prepare_run(run_dir: Path, config: dict, resume: bool) -> dict:
-    """Create ``run_dir`` with ``config``, or check a resumed run's stored configuration against it.
-
-    Returns the configuration to train with (the stored one when resuming).
-    """
-    path = run_dir / CONFIG
-    if not path.is_file():
-        if resume and (run_dir / CHECKPOINT).exists():
-            raise RunError(f"{run_dir}: has a checkpoint but no {CONFIG}; cannot resume it")
-        write_json(path, config)
-        return config
-    if not resume:
-        raise RunError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --run")
-    stored = read_json(path)
-    return stored
 
 
 def config_differences(stored: dict, requested: dict, prefix: str = "") -> list[str]:
