@@ -395,8 +395,10 @@ def run_pretrain(args: argparse.Namespace, argv: list[str]) -> int | None:
 
 
 def _pretrain_line(run: Path, summary: dict) -> str:
+    from .train.metrics import format_metric
+
     probe = summary["probe"]
-    probed = f"; probe mean AUROC {_number(probe['mean']['auroc'])} after epoch {probe['epoch']}" if probe else ""
+    probed = f"; probe mean AUROC {format_metric(probe['mean']['auroc'])} after epoch {probe['epoch']}" if probe else ""
     return (f"pretrain: {summary['preset']} {summary['scheme']}, {summary['epochs']} epochs ({summary['steps']} steps) "
             f"in {summary['seconds']:.0f}s, last epoch loss {summary['final_epoch_loss']:.4f}{probed}; run in {run}")
 
@@ -442,14 +444,13 @@ def run_finetune(args: argparse.Namespace, argv: list[str]) -> int | None:
 
 
 def _finetune_line(run: Path, summary: dict) -> str:
+    from .train.metrics import format_metric
+
     test = summary["test"]["mean"]
     return (f"finetune: best epoch {summary['best_epoch']} of {summary['epochs_run']} "
-            f"(validation loss {summary['best_val_loss']:.4f}); test mean AUROC {_number(test['auroc'])}, "
-            f"AUPRC {_number(test['auprc'])}, F1 {_number(test['f1'])}; run in {run}")
+            f"(validation loss {summary['best_val_loss']:.4f}); test mean AUROC {format_metric(test['auroc'])}, "
+            f"AUPRC {format_metric(test['auprc'])}, F1 {format_metric(test['f1'])}; run in {run}")
 
-
-def _number(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 def run_workflow(args: argparse.Namespace, argv: list[str]) -> int | None:

@@ -16,6 +16,7 @@ from .data.store import open_store
 from .fileio import read_json, write_json
 from .models.presets import SCHEMES
 from .train.finetune import finetune
+from .train.metrics import format_metric
 from .train.pretrain import pretrain
 from .train.runs import CONFIG, is_finished
 from .visual.report import write_report
@@ -99,10 +100,7 @@ def train_scheme(experiment: Path, store: Path, scheme: str, settings: DemoSetti
                  resume=(finetune_dir / CONFIG).is_file(), device="cpu", progress=progress)
     summary = read_json(finetune_dir / "summary.json")
     probe = read_json(pretrain_dir / "summary.json")["probe"]
-    print(f"{scheme}: probe mean AUROC {_number(probe and probe['mean']['auroc'])}, "
-          f"fine-tuned test mean AUROC {_number(summary['test']['mean']['auroc'])}")
+    print(f"{scheme}: probe mean AUROC {format_metric(probe and probe['mean']['auroc'])}, "
+          f"fine-tuned test mean AUROC {format_metric(summary['test']['mean']['auroc'])}")
     return experiment
 
-
-def _number(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"

@@ -30,6 +30,7 @@ from .loop import (
     check_precision,
     check_store_fits,
     micro_batch_loader,
+    open_run,
     resolve_settings,
     to_device,
     views_per_study,
@@ -97,12 +98,7 @@ def finetune(
 ) -> dict:
     """Fine-tune into ``run_dir`` (from the encoder of ``pretrained`` if given), test, return the summary."""
     run_dir, model, train = Path(run_dir), dict(model or {}), dict(train or {})
-    process = distributed.start(device)
-    if process.device.type == "cpu":
-        distributed.keep_freed_memory()
-    stored = read_json(run_dir / CONFIG) if resume and (run_dir / CONFIG).is_file() else None
-    if stored is None and (run_dir / CONFIG).is_file():
-        raise RunError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --run")
+    process, stored = open_run(run_dir, resume, device)
     settings = resolve_settings(FinetuneSettings, stored and stored["train"], train, MAY_CHANGE_ON_RESUME, run_dir)
     store = open_store(store_path)
     torch.manual_seed(settings.seed)

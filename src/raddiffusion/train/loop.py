@@ -12,9 +12,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..data.studies import StudyDataset, collate_studies
+from ..fileio import read_json
+from . import distributed
 from .batches import EpochPlan
 from .distributed import Process
-from .runs import check_requested
+from .runs import CONFIG, RunError, check_requested
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -34,6 +36,21 @@ def resolve_settings(cls, stored: dict | None, requested: dict, may_change: set[
     settings = cls(**{k: v for k, v in stored.items() if k in known})
     check_requested(run_dir, asdict(settings), {k: v for k, v in requested.items() if k not in may_change})
     return replace(settings, **{k: v for k, v in requested.items() if k in may_change})
+
+
+def open_run(run_dir: Path, resume: bool, device: str | list[int]) -> tuple[Process, dict | None]:
+    """Start this process (see :func:`distributed.start`) and read a resumed run's stored configuration.
+
+    Returns ``(process, stored)``; ``stored`` is None for a new run. A run directory that already
+    holds a run without ``resume`` is refused.
+    """
+    process = distributed.start(device)
+    if process.device.type == "cpu":
+        distributed.keep_freed_memory()
+    config = run_dir / CONFIG
+    if config.is_file() and not resume:
+        raise RunError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --run")
+    return process, read_json(config) if config.is_file() else None
 
 
 def check_precision(precision: str) -> None:

@@ -14,6 +14,11 @@ NO_POSITIVES = "no positive studies"
 NO_NEGATIVES = "no negative studies"
 
 
+def format_metric(value: float | None) -> str:
+    """A metric with DECIMALS decimals, or ``n/a`` when it could not be computed."""
+    return "n/a" if value is None else f"{value:.{DECIMALS}f}"
+
+
 def label_metrics(
     probabilities: np.ndarray,
     targets: np.ndarray,

@@ -27,16 +27,18 @@ from .loop import (
     check_precision,
     check_store_fits,
     micro_batch_loader,
+    open_run,
     resolve_settings,
     to_device,
     unwrap,
     views_per_study,
     wrap_for_training,
 )
+from .metrics import format_metric
 from .optim import build_optimizer, set_learning_rate, warmup_cosine
 from .probe import probe, write_probe
 from ..visual.study import ANIMATION, FIGURES, reconstruction_figures, reference_study
-from .runs import CHECKPOINT, CONFIG, SUMMARY, MetricsLog, RunError, check_requested, load_checkpoint, save_checkpoint
+from .runs import CHECKPOINT, CONFIG, SUMMARY, MetricsLog, check_requested, load_checkpoint, save_checkpoint
 
 PROBE_DIR = "probe"
 PROBE_BATCH_STUDIES = 64
@@ -92,12 +94,7 @@ def pretrain(
     given values must agree with it (except ``probe_every``, ``save_every``, ``workers``, ``compile``).
     """
     run_dir, model, train = Path(run_dir), dict(model or {}), dict(train or {})
-    process = distributed.start(device)
-    if process.device.type == "cpu":
-        distributed.keep_freed_memory()
-    stored = read_json(run_dir / CONFIG) if resume and (run_dir / CONFIG).is_file() else None
-    if stored is None and (run_dir / CONFIG).is_file():
-        raise RunError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --run")
+    process, stored = open_run(run_dir, resume, device)
     config = _resolve_model(stored, model, run_dir)
     settings = resolve_settings(PretrainSettings, stored and stored["train"], train, MAY_CHANGE_ON_RESUME, run_dir)
 
@@ -211,13 +208,10 @@ def _probe(net, store, epoch: int, settings: PretrainSettings, process, run_dir:
         write_probe(metrics, run_dir / PROBE_DIR / f"epoch_{epoch:03d}.json")
         mean = metrics["mean"]
         if progress:
-            tqdm.write(f"probe after epoch {epoch}: mean AUROC {_fmt(mean['auroc'])}, "
-                       f"AUPRC {_fmt(mean['auprc'])} over {mean['labels']} labels")
+            tqdm.write(f"probe after epoch {epoch}: mean AUROC {format_metric(mean['auroc'])}, "
+                       f"AUPRC {format_metric(mean['auprc'])} over {mean['labels']} labels")
     distributed.barrier(process)
 
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _summary(run_dir: Path, config: ModelConfig, settings: PretrainSettings, state: dict) -> dict:
