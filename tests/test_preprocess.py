@@ -187,11 +187,11 @@ SLOW_PREPROCESS = textwrap.dedent(
     """
     import sys, time
     import raddiffusion.data.preprocess as pre
-    decode = pre.load_image
+    decode = pre.read_image
     def slow_decode(path, size):
         time.sleep(0.02)
         return decode(path, size)
-    pre.load_image = slow_decode
+    pre.read_image = slow_decode
     pre.preprocess(sys.argv[1], sys.argv[2], image_size=16, workers=int(sys.argv[3]), chunk_size=2, progress=False)
     """
 )

@@ -23,7 +23,7 @@ from raddiffusion.fileio import read_json
 from raddiffusion.models import MAE, DiffMAE, from_config, model_config
 from raddiffusion.train.checkpoint import CheckpointError
 from raddiffusion.train.batches import EpochPlan, micro_batch_generator
-from raddiffusion.train.loop import TrainingError, views_per_study
+from raddiffusion.train.loop import TrainingError
 from raddiffusion.train.optim import build_optimizer, warmup_cosine
 from raddiffusion.train.pretrain import pretrain
 from raddiffusion.train.runs import CHECKPOINT, RunError, load_checkpoint, read_metrics
@@ -219,7 +219,7 @@ def test_the_logged_loss_is_the_mean_over_the_global_batch(store, tmp_path):
     torch.manual_seed(0)
     net = from_config(model_config(**TINY))  # the run's initial weights: step 1's loss is computed with them
     dataset = rd.StudyDataset(rd.open_store(store), split="train")
-    plan = EpochPlan(views_per_study(dataset), BATCH, 2, 0, 1, seed=0, epoch=0)
+    plan = EpochPlan(dataset.view_counts(), BATCH, 2, 0, 1, seed=0, epoch=0)
     losses, images = [], []
     with torch.no_grad():
         for mb in plan.micro_batches(0):

@@ -7,16 +7,23 @@ Public API::
     ds = rd.StudyDataset(store, split="train", label_policy="ones")
     loader = torch.utils.data.DataLoader(ds, batch_size=64, collate_fn=rd.collate_studies)
     model = rd.create(preset="xs", scheme="diffusion")
+
+    m = rd.load("runs/x/finetune")                       # a run directory or a .safetensors file
+    images, lengths = rd.read_files(["a.dcm", "b.jpg"], m.config.image_size)   # one study
+    m.predict(images, lengths)                           # [n_studies, 14] probabilities
+    rd.embed_store(rd.load("runs/x/pretrain"), store, "vectors.parquet")
 """
 from .data.labels import LABELS
 from .data.mimic import DataError, read_mimic
 from .data.store import Store, open_store
 from .data.studies import StudyDataset, collate_studies
+from .inference.embed import embed_store, read_embeddings
+from .inference.files import read_files
 from .models import create
 from .train.checkpoint import CheckpointError, load, save_model
 
 __all__ = [
-    "LABELS", "CheckpointError", "DataError", "Store", "StudyDataset", "collate_studies", "create", "load",
-    "open_store", "read_mimic", "save_model",
+    "LABELS", "CheckpointError", "DataError", "Store", "StudyDataset", "collate_studies", "create", "embed_store",
+    "load", "open_store", "read_embeddings", "read_files", "read_mimic", "save_model",
 ]
 __version__ = "0.1.0"

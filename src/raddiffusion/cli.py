@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_figures(commands)
     _add_report(commands)
     _add_plot_probes(commands)
+    _add_embed(commands)
+    _add_predict(commands)
+    _add_reconstruct(commands)
     return parser
 
 
@@ -98,7 +101,7 @@ def _add_preprocess(commands) -> None:
     cmd = commands.add_parser(
         "preprocess",
         help="decode a MIMIC-CXR tree into a uint8 study store",
-        description="Decode every image of a MIMIC-CXR (DICOM) or MIMIC-CXR-JPG tree once: crop 10%% per side, resize, "
+        description="Decode every image of a MIMIC-CXR (DICOM) or MIMIC-CXR-JPG tree once: crop 10% per side, resize, "
         "store uint8 with an index and the study labels. Unreadable files are skipped and listed in skipped.csv. "
         "An interrupted run resumes when run again with the same arguments.",
     )
@@ -312,6 +315,73 @@ def _add_figures(commands) -> None:
     cmd.set_defaults(handler=run_figures)
 
 
+def _add_embed(commands) -> None:
+    from .inference.embed import CHUNK_STUDIES
+
+    cmd = commands.add_parser(
+        "embed", help="study vectors of every study of a store, to Parquet or .npz",
+        description="The study vector (the shared CLS after the final norm, no masking) of every study of a store, "
+        "with subject and study ids, split and number of views, written to a Parquet or .npz file chosen by "
+        "the extension. Studies are embedded in chunks of "
+        f"{CHUNK_STUDIES} and streamed to the file, so memory stays bounded for stores larger than memory; an "
+        "interrupted run resumes from its finished chunks. Read it back with raddiffusion.read_embeddings(FILE).",
+    )
+    cmd.add_argument("model", type=Path, metavar="RUN_OR_CHECKPOINT",
+                     help="pretraining or fine-tuning run directory, or a .safetensors model")
+    cmd.add_argument("store", type=Path, metavar="STORE", help="store written by `raddiffusion preprocess`")
+    cmd.add_argument("--out", type=Path, required=True, metavar="FILE", help="output file, .parquet or .npz")
+    cmd.add_argument("--split", choices=("train", "validate", "test"), help="embed one split only (default: all)")
+    cmd.add_argument("--batch-size", type=_positive_int, default=64, help="studies per forward pass (default 64)")
+    cmd.add_argument("--device", nargs="+", default=["auto"], help="auto, cpu, cuda or a GPU number")
+    cmd.add_argument("--quiet", action="store_true", help="no progress bar")
+    cmd.set_defaults(handler=run_embed)
+
+
+def _add_predict(commands) -> None:
+    cmd = commands.add_parser(
+        "predict", help="the 14 label probabilities of your own DICOM / JPG / PNG studies",
+        description="Decode and preprocess the files exactly as `raddiffusion preprocess` does (border crop, resize "
+        "to the model's size) and print the fine-tuned model's probability of each of the 14 CheXpert labels, per "
+        "study, as JSON on stdout ({study: {label: probability}}) or CSV. All files are one study, or with "
+        "--study-from-folder each folder is one. Files that cannot be read are named on stderr; the other "
+        "studies are still predicted (exit code 1 if a study had no readable file).",
+    )
+    cmd.add_argument("model", type=Path, metavar="FINETUNED_RUN", help="fine-tuning run directory or its .safetensors")
+    cmd.add_argument("files", type=Path, nargs="+", metavar="FILE",
+                     help="DICOM, JPG or PNG files (a folder stands for the image files under it)")
+    cmd.add_argument("--study-from-folder", action="store_true",
+                     help="one study per folder of files (default: all files are one study)")
+    cmd.add_argument("--csv", action="store_true", help="CSV (study, views, 14 labels) instead of JSON")
+    cmd.add_argument("--device", nargs="+", default=["auto"], help="auto, cpu, cuda or a GPU number")
+    cmd.set_defaults(handler=run_predict)
+
+
+def _add_reconstruct(commands) -> None:
+    from .inference.reconstruct import ANIMATION, FIGURE, SUMMARY, VIEW_FILES
+    from .visual.study import DDIM_STEPS, MASK_SEED, NOISE_SEED
+
+    cmd = commands.add_parser(
+        "reconstruct", help="mask your own study's files and reconstruct them with a pretrained model",
+        description="The views of one study (DICOM, JPG or PNG, preprocessed as `raddiffusion preprocess` does) are "
+        "masked and reconstructed; the model reads only the visible patches. Writes OUT/" + FIGURE + " (original | "
+        "masked input | reconstruction), per view a folder with " + ", ".join(VIEW_FILES) + " (lossless 8-bit PNG; "
+        "mask white = masked), OUT/" + ANIMATION + " for DiffMAE (reverse diffusion from pure noise) and OUT/"
+        + SUMMARY + " (settings, masked-pixel error per view).",
+    )
+    cmd.add_argument("model", type=Path, metavar="RUN_OR_CHECKPOINT", help="pretraining run directory or .safetensors")
+    cmd.add_argument("files", type=Path, nargs="+", metavar="FILE", help="the views of one study")
+    cmd.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    cmd.add_argument("--mask-ratio", type=float, help="fraction of patches masked (default: the model's own)")
+    cmd.add_argument("--mask-seed", type=int, default=MASK_SEED, help=f"seed of the mask (default {MASK_SEED})")
+    cmd.add_argument("--seed", type=int, default=NOISE_SEED, help=f"seed of the diffusion noise (default {NOISE_SEED})")
+    steps = cmd.add_mutually_exclusive_group()
+    steps.add_argument("--steps", type=_positive_int, default=DDIM_STEPS,
+                       help=f"DDIM steps of the DiffMAE sampler (default {DDIM_STEPS})")
+    steps.add_argument("--ddpm", action="store_true", help="sample with DDPM over all diffusion steps instead")
+    cmd.add_argument("--device", nargs="+", default=["auto"], help="auto, cpu, cuda or a GPU number")
+    cmd.set_defaults(handler=run_reconstruct)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -365,6 +435,68 @@ def run_figures(args: argparse.Namespace, argv: list[str]) -> None:
     paths.append(attention_map_figure(model, batch, study_id, out / f"attention_study_{study_id}.png", args.attention))
     print(f"figures: study {study_id} ({len(batch['lengths'])} study, {len(batch['images'])} views): "
           + ", ".join(str(p) for p in paths))
+
+
+def run_embed(args: argparse.Namespace, argv: list[str]) -> None:
+    from .data.store import open_store
+    from .inference.embed import check_output, embed_store
+    from .train.checkpoint import load
+    from .train.distributed import single_device
+
+    check_output(args.out)
+    store = open_store(args.store)
+    device = single_device(_device(args))
+    model = load(args.model).to(device)
+    summary = embed_store(model, store, args.out, split=args.split, batch_size=args.batch_size, device=device,
+                          progress=not args.quiet)
+    print(summary.line())
+
+
+def run_predict(args: argparse.Namespace, argv: list[str]) -> int:
+    from .inference.files import read_studies
+    from .inference.predict import check_classifier, predict_studies, predictions_csv, predictions_json
+    from .train.checkpoint import load
+    from .train.distributed import single_device
+
+    device = single_device(_device(args))
+    model = check_classifier(load(args.model), args.model).to(device)
+    studies = read_studies(args.files, model.config.image_size, by_folder=args.study_from_folder)
+    _report_skipped(studies)
+    predictions = predict_studies(model, studies, device)
+    print(predictions_csv(predictions) if args.csv else predictions_json(predictions), end="" if args.csv else "\n")
+    unread = [p.study.name for p in predictions if p.probabilities is None]
+    for name in unread:
+        print(f"raddiffusion predict: error: {name}: no readable image file; not predicted", file=sys.stderr)
+    files = sum(len(s.files) for s in studies)
+    skipped = sum(len(s.skipped) for s in studies)
+    print(f"predict: {len(predictions) - len(unread)} of {len(predictions)} studies predicted from {files} files"
+          f"{f', {skipped} unreadable file(s) skipped' if skipped else ''}", file=sys.stderr)
+    return FAILED if unread else 0
+
+
+def _report_skipped(studies: list) -> None:
+    for study in studies:
+        for file, reason in study.skipped:
+            print(f"raddiffusion: skipped {file}: {reason}", file=sys.stderr)
+
+
+def run_reconstruct(args: argparse.Namespace, argv: list[str]) -> None:
+    from .inference.files import read_studies
+    from .inference.reconstruct import ReconstructionOptions, check_pretrainer, reconstruct_study
+    from .train.checkpoint import load
+    from .train.distributed import single_device
+
+    device = single_device(_device(args))
+    model = check_pretrainer(load(args.model), args.model).to(device)
+    (study,) = read_studies(args.files, model.config.image_size)
+    _report_skipped([study])
+    options = ReconstructionOptions(mask_ratio=args.mask_ratio, mask_seed=args.mask_seed, seed=args.seed,
+                                    steps=None if args.ddpm else args.steps)
+    summary = reconstruct_study(model, study, args.out, options)
+    errors = ", ".join(f"{v['masked_mse']:.4f}" for v in summary["views"])
+    print(f"reconstruct: {study.views} view(s), mask ratio {summary['mask_ratio']:g}, "
+          f"{summary['sampler'] or 'MAE decoder'}; masked-pixel MSE per view {errors}; "
+          f"{len(summary['files'])} files in {args.out}")
 
 
 def _device(args: argparse.Namespace) -> str | list[int]:

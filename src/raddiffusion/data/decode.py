@@ -111,6 +111,19 @@ def load_image(path: str | Path, size: int = DEFAULT_SIZE, reduced_decode: bool 
     return np.asarray(_crop_and_resize(decode_jpeg(path, min_size), size), dtype=np.uint8)
 
 
+def read_image(path: str | Path, size: int = DEFAULT_SIZE) -> tuple[np.ndarray | None, str]:
+    """``(load_image(path, size), "")``, or ``(None, reason)``: a failure as a one-line reason, never raised.
+
+    For long jobs and batches of user files, which skip what they cannot read and say why.
+    """
+    try:
+        return load_image(path, size), ""
+    except DecodeError as exc:
+        return None, str(exc)
+    except Exception as exc:  # noqa: BLE001 - whatever breaks one file must not stop the others
+        return None, f"unexpected {type(exc).__name__}: {_one_line(exc)}"
+
+
 def min_decoded_size(size: int) -> int:
     """Smallest side a decoded image may have so that its border-cropped centre still covers ``size``."""
     kept_fraction = 1.0 - 2.0 * BORDER_CROP

@@ -20,9 +20,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ..errors import first_line
 from ..fileio import TEMPORARY_GLOB, atomic_path, read_json, write_json
-from .decode import DecodeError, load_image
+from .decode import read_image
 from .labels import LABELS
 from .mimic import DataError, MimicTree, read_mimic
 from .store import (
@@ -192,13 +191,10 @@ def _decode_chunk(chunk: _Chunk) -> int:
     """Decode one chunk and save its images and per-file reasons (empty = stored)."""
     stored, reasons = [], []
     for rel in chunk.paths:
-        try:
-            stored.append(load_image(chunk.root / rel, chunk.image_size))
-            reasons.append("")
-        except DecodeError as exc:
-            reasons.append(str(exc))
-        except Exception as exc:  # noqa: BLE001 - a long job skips what it cannot read and says why
-            reasons.append(f"unexpected {type(exc).__name__}: {first_line(exc)}")
+        image, reason = read_image(chunk.root / rel, chunk.image_size)
+        if image is not None:
+            stored.append(image)
+        reasons.append(reason)
     array = np.stack(stored) if stored else np.empty((0, chunk.image_size, chunk.image_size), np.uint8)
     array_file, mark_file = _chunk_files(chunk)
     array_file.parent.mkdir(parents=True, exist_ok=True)

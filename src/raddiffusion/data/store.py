@@ -12,6 +12,7 @@ Shards hold disjoint subjects and are read as one store, in shard order.
 """
 from __future__ import annotations
 
+import mmap
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,14 @@ class ImageArray:
         if path.stat().st_size != expected:
             raise DataError(f"{path}: {path.stat().st_size} bytes, expected {expected}: the store is damaged")
         return np.memmap(path, dtype=np.uint8, mode="r", shape=shape)
+
+    def release_pages(self) -> None:
+        """Drop the pages read so far from this process's resident memory; they stay in the OS page
+        cache, so reading them again is cheap. Lets one pass over a store larger than memory keep a
+        bounded footprint."""
+        for array in self._maps or []:
+            if isinstance(array.base, mmap.mmap):
+                array.base.madvise(mmap.MADV_DONTNEED)
 
     def __getitem__(self, key) -> np.ndarray:
         maps = self._open()

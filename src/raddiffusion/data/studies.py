@@ -51,6 +51,7 @@ class StudyDataset(Dataset):
         starts = np.flatnonzero(np.r_[len(rows) > 0, study_of_row[1:] != study_of_row[:-1]])
         self.study_ids = study_of_row[starts]
         self.subject_ids = index["subject_id"].to_numpy()[rows[starts]]
+        self.splits = index["split"].to_numpy()[rows[starts]]
         self._rows, self._starts = rows, np.r_[starts, len(rows)]
         self.max_views = max_views
         raw = store.labels.reindex(self.study_ids)[list(LABELS)].to_numpy(np.float32)
@@ -63,8 +64,12 @@ class StudyDataset(Dataset):
 
     def num_images(self) -> int:
         """Images over all studies, after ``max_views``."""
-        lengths = np.diff(self._starts)
-        return int(np.minimum(lengths, self.max_views).sum() if self.max_views else lengths.sum())
+        return int(self.view_counts().sum())
+
+    def view_counts(self) -> np.ndarray:
+        """Views per study (after ``max_views``), int64 ``[len(self)]``."""
+        lengths = np.diff(self._starts).astype(np.int64)
+        return np.minimum(lengths, self.max_views) if self.max_views else lengths
 
     def image_rows(self, i: int) -> np.ndarray:
         """Store rows of the views of study ``i``, in the order they are returned."""
@@ -97,7 +102,7 @@ def collate_studies(items: list[dict]) -> dict[str, torch.Tensor]:
     """
     lengths = [len(item["images"]) for item in items]
     return {
-        "images": _to_unit_range([item["images"] for item in items], sum(lengths)),
+        "images": to_unit_range([item["images"] for item in items], sum(lengths)),
         "lengths": torch.tensor(lengths, dtype=torch.int64),
         "labels": torch.from_numpy(np.stack([item["labels"] for item in items])).reshape(-1, NUM_LABELS),
         "label_mask": torch.from_numpy(np.stack([item["label_mask"] for item in items])).reshape(-1, NUM_LABELS),
@@ -105,7 +110,7 @@ def collate_studies(items: list[dict]) -> dict[str, torch.Tensor]:
     }
 
 
-def _to_unit_range(studies: list[np.ndarray], count: int) -> torch.Tensor:
+def to_unit_range(studies: list[np.ndarray], count: int) -> torch.Tensor:
     """uint8 studies ``[v, H, W]`` -> one float32 ``[count, 1, H, W]`` tensor of ``u8 / 127.5 - 1``.
 
     Converts each (memory-mapped) study straight into its slice of the output and scales it while

@@ -129,9 +129,11 @@ class DiffMAE(StudyPretrainer):
     @torch.no_grad()
     def reconstruct(
         self, images: torch.Tensor, lengths: torch.Tensor | list[int], mask_seed: int = 0, seed: int = 0,
-        steps: int | None = None, return_frames: bool = True,
+        steps: int | None = None, return_frames: bool = True, mask_ratio: float | None = None,
     ) -> dict:
         """Inpaint the masked patches from pure noise: DDPM over all T steps (``steps=None``) or DDIM.
+
+        ``mask_ratio`` defaults to the configured one (the ratio the model was trained at).
 
         Returns ``reconstruction [N, 1, H, W]``, ``mask [N, L]`` (True = masked) and ``frames``: the
         image at the start and after every step (visible patches are the input throughout). Frames of
@@ -139,7 +141,7 @@ class DiffMAE(StudyPretrainer):
         ``return_frames=False`` keeps none.
         """
         grid, studies = self.prepare(images, lengths)
-        visible, masked, mask = self.random_mask(grid, seeded_generator(mask_seed))
+        visible, masked, mask = self.random_mask(grid, seeded_generator(mask_seed), mask_ratio)
         context = self.condition(self.encoder(select_patches(grid, visible), studies, visible), visible)
         patches = patchify(images, self.patch)
         index = masked[..., None].expand(-1, -1, patches.shape[-1])

@@ -12,6 +12,7 @@ from .vit import (
     Block,
     grid_shape,
     init_weights,
+    keep_count,
     layer_norm,
     patch_grid,
     patchify,
@@ -84,13 +85,16 @@ class StudyPretrainer(nn.Module):
         return patch_grid(images, self.patch), studies
 
     def random_mask(
-        self, grid: torch.Tensor, generator: torch.Generator | None = None
+        self, grid: torch.Tensor, generator: torch.Generator | None = None, mask_ratio: float | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(visible [N, K], masked [N, L−K], mask [N, L])`` at the configured mask ratio."""
+        """``(visible [N, K], masked [N, L−K], mask [N, L])`` at ``mask_ratio`` (default: the configured one)."""
         n, length = grid.shape[0], grid.shape[1] * grid.shape[2]
+        ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
+        if not 0 < keep_count(length, ratio) < length:
+            raise ValueError(f"mask ratio {ratio} must leave at least one visible and one masked patch of {length}")
         device = generator.device if generator is not None else grid.device
         noise = torch.rand(n, length, generator=generator, device=device).to(grid.device)
-        return random_masking(n, length, self.config.mask_ratio, noise=noise)
+        return random_masking(n, length, ratio, noise=noise)
 
     def forward(
         self, images: torch.Tensor, lengths: torch.Tensor | list[int], generator: torch.Generator | None = None

@@ -78,11 +78,12 @@ class MAE(StudyPretrainer):
         return self.decoder_pred(x), statistics
 
     def forward_masked(
-        self, images: torch.Tensor, lengths: torch.Tensor | list[int], generator: torch.Generator | None = None
+        self, images: torch.Tensor, lengths: torch.Tensor | list[int], generator: torch.Generator | None = None,
+        mask_ratio: float | None = None,
     ) -> dict[str, torch.Tensor]:
         """Mask, encode the visible patches, decode the masked ones; the pieces ``loss`` and ``reconstruct`` need."""
         grid, studies = self.prepare(images, lengths)
-        visible, masked, mask = self.random_mask(grid, generator)
+        visible, masked, mask = self.random_mask(grid, generator, mask_ratio)
         latent = self.encoder(select_patches(grid, visible), studies, visible)
         prediction, statistics = self.decode(latent, visible, masked, studies)
         return {"grid": grid, "masked": masked, "mask": mask, "prediction": prediction, "statistics": statistics}
@@ -113,13 +114,14 @@ class MAE(StudyPretrainer):
     @torch.no_grad()
     def reconstruct(
         self, images: torch.Tensor, lengths: torch.Tensor | list[int], mask_seed: int = 0, seed: int = 0,
-        steps: int | None = None,
+        steps: int | None = None, mask_ratio: float | None = None,
     ) -> dict[str, torch.Tensor]:
         """``reconstruction [N, 1, H, W]``: input pixels where visible, predictions where masked; ``mask [N, L]``.
 
-        ``seed`` and ``steps`` are accepted for a common signature with DiffMAE (the MAE is deterministic).
+        ``mask_ratio`` defaults to the configured one. ``seed`` and ``steps`` are accepted for a common
+        signature with DiffMAE (the MAE is deterministic).
         """
-        out = self.forward_masked(images, lengths, seeded_generator(mask_seed))
+        out = self.forward_masked(images, lengths, seeded_generator(mask_seed), mask_ratio)
         pixels = self.to_pixels(out["prediction"], out["statistics"])
         masked = out["masked"][..., None].expand(-1, -1, pixels.shape[-1])
         patches = patchify(images, self.patch).scatter(1, masked, pixels)

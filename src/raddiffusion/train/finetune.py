@@ -33,7 +33,6 @@ from .loop import (
     open_run,
     resolve_settings,
     to_device,
-    views_per_study,
     wrap_for_training,
 )
 from .metrics import format_table, label_metrics
@@ -110,7 +109,7 @@ def finetune(
                             labelled_only=True)
 
     train_set, val_set = dataset("train"), dataset("validate")
-    views = views_per_study(train_set)
+    views = train_set.view_counts()
     steps_per_epoch = len(train_set) // settings.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"--batch-size {settings.batch_size} is larger than the {len(train_set)} labelled train "

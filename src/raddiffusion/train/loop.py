@@ -6,7 +6,6 @@ from contextlib import nullcontext
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -56,10 +55,6 @@ def open_run(run_dir: Path, resume: bool, device: str | list[int]) -> tuple[Proc
 def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-
-
-def views_per_study(dataset: StudyDataset) -> np.ndarray:
-    return np.array([len(dataset.image_rows(i)) for i in range(len(dataset))], dtype=np.int64)
 
 
 def micro_batch_loader(

@@ -31,7 +31,6 @@ from .loop import (
     resolve_settings,
     to_device,
     unwrap,
-    views_per_study,
     wrap_for_training,
 )
 from .metrics import format_metric
@@ -101,7 +100,7 @@ def pretrain(
     store = open_store(store_path)
     check_store_fits(store, config, store_path)
     dataset = StudyDataset(store, split="train", max_views=settings.max_views)
-    views = views_per_study(dataset)
+    views = dataset.view_counts()
     steps_per_epoch = len(dataset) // settings.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"--batch-size {settings.batch_size} is larger than the {len(dataset)} train studies "

@@ -22,7 +22,7 @@ REFERENCE_SPLIT = "validate"
 MIN_REFERENCE_VIEWS = 2
 MASK_SEED, NOISE_SEED = 0, 0
 DDIM_STEPS = 100  # reverse-diffusion steps of the figures and the animation
-ANIMATION_EVERY = 4  # every k-th step is a frame of the GIF
+ANIMATION_FRAMES = 25  # about this many reverse-diffusion steps become frames of the GIF
 ANIMATION = "animation.gif"
 ATTENTION = "attention.png"
 
@@ -45,10 +45,11 @@ def reference_study(store: Store, study_id: int | None = None) -> tuple[dict, in
     return collate_studies([dataset[index]]), int(dataset.study_ids[index])
 
 
-def space_note(model: nn.Module) -> str:
+def space_note(model: nn.Module, steps: int | None = DDIM_STEPS) -> str:
     """Which space a reconstruction is shown in, and where its masked pixels come from."""
     if isinstance(model, DiffMAE):
-        return (f"pixel space; masked patches inpainted from pure noise by {DDIM_STEPS} DDIM steps, "
+        sampler = f"{steps} DDIM steps" if steps else f"DDPM over all {model.schedule.timesteps} steps"
+        return (f"pixel space; masked patches inpainted from pure noise by {sampler}, "
                 f"the encoder saw only the visible patches")
     if model.config.norm_pix_loss:
         return ("pixel space; masked patches de-normalised with the mean / std predicted by the model's "
@@ -57,25 +58,39 @@ def space_note(model: nn.Module) -> str:
 
 
 @torch.no_grad()
+def draw_reconstruction(
+    model: MAE | DiffMAE, images: torch.Tensor, lengths: torch.Tensor, title: str, figure: Path,
+    animation: Path | None = None, mask_seed: int = MASK_SEED, seed: int = NOISE_SEED,
+    steps: int | None = DDIM_STEPS, mask_ratio: float | None = None,
+) -> tuple[dict, list[Path]]:
+    """Reconstruct one study and draw original | masked input | reconstruction to ``figure``; for DiffMAE
+    also the reverse-diffusion GIF if ``animation`` names a file. Returns the result (on the CPU) and
+    the files written. ``steps=None`` samples with DDPM over all steps."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        result = model.reconstruct(images.to(device), lengths.to(device), mask_seed=mask_seed, seed=seed,
+                                   steps=steps, mask_ratio=mask_ratio)
+    finally:
+        model.train(was_training)
+    result = {k: [f.cpu() for f in v] if k == "frames" else v.cpu() for k, v in result.items()}
+    paths = [reconstruction_figure(images.cpu(), result, model.config.patch_size, figure, title,
+                                   space_note(model, steps))]
+    if animation is not None and isinstance(model, DiffMAE):
+        paths.append(diffusion_animation(result["frames"], result["mask"], model.config.patch_size, animation,
+                                         every=max(1, round(len(result["frames"]) / ANIMATION_FRAMES))))
+    return result, paths
+
+
 def reconstruction_figures(
     model: MAE | DiffMAE, batch: dict, study_id: int, out_dir: Path, name: str, animation: Path | None = None
 ) -> list[Path]:
-    """Original | masked input | reconstruction of the study; for DiffMAE the reverse-diffusion GIF if
-    ``animation`` names a file for it."""
-    device = next(model.parameters()).device
-    images, lengths = batch["images"].to(device), batch["lengths"].to(device)
-    was_training = model.training
-    model.eval()
-    result = model.reconstruct(images, lengths, mask_seed=MASK_SEED, seed=NOISE_SEED, steps=DDIM_STEPS)
-    model.train(was_training)
-    result = {k: v.cpu() if torch.is_tensor(v) else v for k, v in result.items()}
+    """Original | masked input | reconstruction of a store study (``reconstruction_<name>.png``); for
+    DiffMAE the reverse-diffusion GIF if ``animation`` names a file for it."""
     title = f"study {study_id}: {model.config.scheme} {model.config.preset}, {name.replace('_', ' ')}"
-    paths = [reconstruction_figure(images.cpu(), result, model.config.patch_size, out_dir / f"reconstruction_{name}.png",
-                                   title, space_note(model))]
-    if animation is not None and isinstance(model, DiffMAE):
-        frames = [frame.cpu() for frame in result["frames"]]
-        paths.append(diffusion_animation(frames, result["mask"], model.config.patch_size, animation,
-                                         every=ANIMATION_EVERY))
+    _, paths = draw_reconstruction(model, batch["images"], batch["lengths"], title,
+                                   out_dir / f"reconstruction_{name}.png", animation)
     return paths
 
 
