@@ -110,11 +110,14 @@ def embed_store(
         for i, chunk in enumerate(chunks):
             if done[i]:
                 continue
-            vectors = study_vectors(model, Subset(dataset, chunk), batch_size=batch_size, device=device,
-                                    progress=False)
-            save_chunk(chunk_file(parts, i), vectors)
-            store.images.release_pages()
-            bar.update(len(chunk))
+            vectors = []
+            for start in range(0, len(chunk), batch_size):
+                batch = chunk[start : start + batch_size]
+                vectors.append(study_vectors(model, Subset(dataset, batch), batch_size=batch_size, device=device,
+                                             progress=False))
+                store.images.release_pages()
+                bar.update(len(batch))
+            save_chunk(chunk_file(parts, i), np.concatenate(vectors))
     write_embeddings(out, study_table(dataset), [chunk_file(parts, i) for i in range(len(chunks))], width,
                      {"model": model.config.to_dict(), "store": meta["store"], "split": split})
     shutil.rmtree(parts)
