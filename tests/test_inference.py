@@ -164,6 +164,14 @@ def test_embed_names_a_wrong_output_extension_in_one_line(store, checkpoints, tm
     assert ".parquet or .npz" in err and str(out) in err and len(err.strip().splitlines()) == 1
 
 
+def test_embed_names_a_missing_model_or_store_in_one_line(store, checkpoints, tmp_path, capsys):
+    out = str(tmp_path / "v.npz")
+    assert main(["embed", str(tmp_path / "none.safetensors"), str(store), "--out", out]) == 2
+    assert main(["embed", str(checkpoints["vanilla"]), str(tmp_path / "no-store"), "--out", out]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and "checkpoint not found" in lines[0] and "store not found" in lines[1]
+
+
 def test_embed_rejects_a_zero_batch_size_as_a_usage_error(store, checkpoints, tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         main(["embed", str(checkpoints["vanilla"]), str(store), "--out", str(tmp_path / "v.npz"), "--batch-size", "0"])
@@ -223,6 +231,16 @@ def test_without_study_from_folder_all_files_are_one_study(tmp_path):
     files = study_files(tmp_path, "x", [1], [".jpg"]) + study_files(tmp_path, "y", [2], [".jpg"])
     assert group_files(files) == {str(tmp_path): files}
     assert group_files(files, by_folder=True) == {str(tmp_path / "x"): files[:1], str(tmp_path / "y"): files[1:]}
+
+
+def test_a_folder_of_runs_is_named_with_the_runs_it_holds(checkpoints, tmp_path, capsys):
+    for run in ("pretrain", "finetune"):
+        (tmp_path / "vits" / run).mkdir(parents=True)
+        (tmp_path / "vits" / run / "model.safetensors").write_bytes(checkpoints["classifier"].read_bytes())
+    files = study_files(tmp_path, "s", [1], [".jpg"])
+    assert main(["predict", str(tmp_path / "vits"), str(files[0])]) == 2
+    assert "a folder of runs (finetune, pretrain); give one of them" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "vits" / "finetune"), str(files[0])]) == 0
 
 
 def test_predict_refuses_a_pretraining_model(checkpoints, tmp_path, capsys):

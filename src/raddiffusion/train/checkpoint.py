@@ -49,6 +49,9 @@ def load(path: str | Path) -> torch.nn.Module:
 
 def _weights_file(path: Path) -> Path:
     if path.is_dir():
+        runs = sorted(child.name for child in path.iterdir() if (child / RUN_WEIGHTS).is_file())
+        if runs and not (path / RUN_WEIGHTS).is_file():
+            raise CheckpointError(f"{path}: not a run but a folder of runs ({', '.join(runs)}); give one of them")
         path = path / RUN_WEIGHTS
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
