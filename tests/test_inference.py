@@ -342,3 +342,12 @@ def test_api_reconstruct_of_files_never_reads_masked_pixels(checkpoints, tmp_pat
     tampered = torch.where(hidden[:, None].bool(), torch.rand_like(images), images)
     second = model.reconstruct(tampered, lengths, mask_seed=1, seed=2, steps=3, mask_ratio=0.5)
     torch.testing.assert_close(first["reconstruction"], second["reconstruction"], rtol=0, atol=0)
+
+
+def test_view_folders_keep_dotted_names_and_number_repeats(tmp_path):
+    from raddiffusion.inference.files import FileStudy
+    from raddiffusion.inference.reconstruct import view_dirs
+
+    files = [Path("a/1.2.840.5.dcm"), Path("b/1.2.840.5.dcm"), Path("c/frontal.JPG")]
+    study = FileStudy("s", files, np.zeros((3, SIZE, SIZE), np.uint8))
+    assert [d.name for d in view_dirs(study, tmp_path)] == ["1.2.840.5", "1.2.840.5-2", "frontal"]

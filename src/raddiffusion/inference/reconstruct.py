@@ -17,7 +17,7 @@ from ..fileio import atomic_path, write_json
 from ..models import MAE, DiffMAE
 from ..visual.reconstruction import mask_image
 from ..visual.study import DDIM_STEPS, MASK_SEED, NOISE_SEED, draw_reconstruction
-from .files import FileStudy, study_batch
+from .files import IMAGE_SUFFIXES, FileStudy, study_batch
 
 FIGURE = "reconstruction_figure.png"
 ANIMATION = "animation.gif"
@@ -54,7 +54,7 @@ def view_dirs(study: FileStudy, out: Path) -> list[Path]:
     seen: dict[str, int] = {}
     dirs = []
     for file in study.files:
-        stem = file.name.split(".")[0] or "view"
+        stem = file.stem if file.suffix.lower() in IMAGE_SUFFIXES else file.name
         seen[stem] = seen.get(stem, 0) + 1
         dirs.append(out / (stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"))
     return dirs
