@@ -461,9 +461,12 @@ def run_predict(args: argparse.Namespace, argv: list[str]) -> int:
     device = single_device(_device(args))
     model = check_classifier(load(args.model), args.model).to(device)
     studies = read_studies(args.files, model.config.image_size, by_folder=args.study_from_folder)
-    _report_skipped(studies)
+    _report_skipped(args.command, studies)
     predictions = predict_studies(model, studies, device)
-    print(predictions_csv(predictions) if args.csv else predictions_json(predictions), end="" if args.csv else "\n")
+    if args.csv:
+        sys.stdout.write(predictions_csv(predictions))
+    else:
+        print(predictions_json(predictions))
     unread = [p.study.name for p in predictions if p.probabilities is None]
     for name in unread:
         print(f"raddiffusion predict: error: {name}: no readable image file; not predicted", file=sys.stderr)
@@ -474,10 +477,11 @@ def run_predict(args: argparse.Namespace, argv: list[str]) -> int:
     return FAILED if unread else 0
 
 
-def _report_skipped(studies: list) -> None:
+def _report_skipped(command: str, studies: list) -> None:
+    """One line on stderr per file that could not be read, with the reason."""
     for study in studies:
         for file, reason in study.skipped:
-            print(f"raddiffusion: skipped {file}: {reason}", file=sys.stderr)
+            print(f"raddiffusion {command}: skipped {file}: {reason}", file=sys.stderr)
 
 
 def run_reconstruct(args: argparse.Namespace, argv: list[str]) -> None:
@@ -489,7 +493,7 @@ def run_reconstruct(args: argparse.Namespace, argv: list[str]) -> None:
     device = single_device(_device(args))
     model = check_pretrainer(load(args.model), args.model).to(device)
     (study,) = read_studies(args.files, model.config.image_size)
-    _report_skipped([study])
+    _report_skipped(args.command, [study])
     options = ReconstructionOptions(mask_ratio=args.mask_ratio, mask_seed=args.mask_seed, seed=args.seed,
                                     steps=None if args.ddpm else args.steps)
     summary = reconstruct_study(model, study, args.out, options)
