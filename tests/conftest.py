@@ -156,3 +156,14 @@ def shared_data() -> Path:
     if not data.is_dir():
         pytest.skip("../shared/data is not present")
     return data
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread: the tiny models gain nothing from more, and lose much when the CPUs are shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -43,13 +43,7 @@ def raw_labels(s: int) -> dict[str, float]:
             "Pleural_Effusion": float((s >> 2) & 1)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the tiny models gain nothing from more, and lose much when the CPUs are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _write_store(root: Path, validate: bool = True) -> Path:

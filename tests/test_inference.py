@@ -32,12 +32,7 @@ STUDIES = 11  # 1-3 views each; splits train / validate / test by study number
 NOISE_SHAPE = (90, 80)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def noise_picture(path: Path, seed: int, suffix: str = ".jpg") -> Path:
