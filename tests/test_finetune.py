@@ -46,14 +46,14 @@ def raw_labels(s: int) -> dict[str, float]:
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _write_store(root: Path, validate: bool = True) -> Path:
-    """24 labelled train studies (+1 unlabelled), 8 validate (or none), 4 test; 1-3 views of distinct greys."""
+def _write_store(root: Path, validate: bool = True, test: bool = True) -> Path:
+    """24 labelled train studies (+1 unlabelled), 8 validate (or none), 4 test (or none); 1-3 views of distinct greys."""
     images, labels = [], {}
     total = TRAIN_STUDIES + VALIDATE_STUDIES + TEST_STUDIES
     for s in range(total + 1):
         split = ("train" if s < TRAIN_STUDIES or s == total
                  else "validate" if s < TRAIN_STUDIES + VALIDATE_STUDIES else "test")
-        if split == "validate" and not validate:
+        if (split == "validate" and not validate) or (split == "test" and not test):
             continue
         prefix = {"train": 10 + s % 8, "validate": 18, "test": 19}[split]
         subject, study = prefix * 1_000_000 + s, 50_000_000 + s
@@ -295,10 +295,11 @@ def test_best_weights_are_kept_when_later_epochs_are_worse(store, pretrained, tm
     assert json.loads(json.dumps(expected)) == read_json(run / "test_metrics.json")
 
 
-def test_a_store_without_validation_studies_is_refused_before_the_run_is_written(tmp_path):
-    store = _write_store(tmp_path, validate=False)
-    assert len(rd.StudyDataset(rd.open_store(store), split="validate")) == 0
-    with pytest.raises(ValueError, match="no labelled validate studies"):
+@pytest.mark.parametrize("split", ["validate", "test"])
+def test_a_store_without_validation_or_test_studies_is_refused_before_the_run_is_written(tmp_path, split):
+    store = _write_store(tmp_path, validate=split != "validate", test=split != "test")
+    assert len(rd.StudyDataset(rd.open_store(store), split=split)) == 0
+    with pytest.raises(ValueError, match=f"no labelled {split} studies"):
         finetune(store, tmp_path / "run", model=TINY, train=BASE_TRAIN | {"epochs": 2}, device="cpu", progress=False)
     assert not (tmp_path / "run" / "config.json").exists()  # the same --run can be used again
 

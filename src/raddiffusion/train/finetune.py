@@ -116,6 +116,8 @@ def finetune(
                          f"studies of {store_path}")
     if len(val_set) == 0:
         raise ValueError(f"{store_path} has no labelled validate studies: early stopping needs them")
+    if len(dataset("test")) == 0:
+        raise ValueError(f"{store_path} has no labelled test studies: fine-tuning ends by testing on them")
     weight = pos_weight(train_set).to(process.device)
     distributed.barrier(process)  # every process has checked the run directory before it is written
     if process.is_main and stored is None:
