@@ -238,6 +238,10 @@ def test_run_label_reads_the_scheme_and_falls_back_to_the_name(runs):
     assert run_label(runs[1]) == "diff"
     (runs[1] / "config.json").write_text('["not", "a", "config"]')
     assert run_label(runs[1]) == "diff"
+    named = runs[0].parent / "vanilla"
+    named.mkdir()
+    (named / "config.json").write_text((runs[0] / "config.json").read_text())
+    assert run_label(named) == "vanilla"  # not "vanilla (vanilla)"
 
 
 def test_probe_curves_and_label_bars_are_pngs(tmp_path, runs):

@@ -56,9 +56,10 @@ def run_scheme(run_dir: Path) -> str | None:
 
 
 def run_label(run_dir: Path) -> str:
-    """``"<dir name> (<scheme>)"``, or the directory name when the config does not say the scheme."""
+    """``"<dir name> (<scheme>)"``, or the directory name when it already names the scheme or the config
+    does not say it."""
     name, scheme = Path(run_dir).name, run_scheme(run_dir)
-    return f"{name} ({scheme})" if scheme else name
+    return f"{name} ({scheme})" if scheme and scheme not in name else name
 
 
 def metric_value(summary: object, metric: str) -> float:
