@@ -12,6 +12,7 @@ from .mimic import FRONTAL_VIEWS, SPLITS
 from .store import Store
 
 PIXEL_SCALE = 127.5  # uint8 -> [-1, 1]: x = u8 / 127.5 - 1
+UINT8_MAX = 255
 READ_ONLY_WARNING = "The given NumPy array is not writable"
 
 
@@ -127,3 +128,8 @@ def to_unit_range(studies: list[np.ndarray], count: int) -> torch.Tensor:
             block.mul_(1.0 / PIXEL_SCALE).sub_(1.0)
             start += len(pixels)
     return out
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Images ``[N, 1, H, W]`` in [-1, 1] -> uint8 ``[N, H, W]``, rounded: the inverse of :func:`to_unit_range`."""
+    return torch.round((images[:, 0].float() + 1.0) * PIXEL_SCALE).clamp(0, UINT8_MAX).to(torch.uint8).numpy()

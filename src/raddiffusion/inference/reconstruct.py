@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.studies import PIXEL_SCALE
+from ..data.studies import to_uint8
 from ..fileio import atomic_path, write_json
 from ..models import MAE, DiffMAE
 from ..visual.reconstruction import mask_image
@@ -42,11 +42,6 @@ def check_pretrainer(model: torch.nn.Module, source: object) -> MAE | DiffMAE:
         raise ValueError(f"{source}: a fine-tuned model has no decoder to reconstruct with; "
                          "give its pretraining run or model")
     return model
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """Images in [-1, 1] ``[V, 1, H, W]`` -> uint8 ``[V, H, W]`` (the inverse of the loader's scaling)."""
-    return torch.round((images[:, 0].float() + 1.0) * PIXEL_SCALE).clamp(0, 255).to(torch.uint8).numpy()
 
 
 def view_dirs(study: FileStudy, out: Path) -> list[Path]:
