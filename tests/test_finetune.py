@@ -21,7 +21,8 @@ from raddiffusion.fileio import read_json
 from raddiffusion.models import StudyClassifier
 from raddiffusion.train.finetune import FinetuneSettings, evaluate_test_split, finetune, masked_bce, pos_weight
 from raddiffusion.train.pretrain import pretrain
-from raddiffusion.train.runs import read_metrics
+from raddiffusion.results.predictions import read_predictions
+from raddiffusion.results.runfiles import read_metrics
 
 from conftest import TreeImage, labels_row, write_tree
 
@@ -32,6 +33,7 @@ TINY = {"preset": "xs", "scheme": "vanilla", "image_size": SIZE, "patch_size": 1
 TRAIN_STUDIES, VALIDATE_STUDIES, TEST_STUDIES = 24, 8, 4  # labelled; one more train study has no CheXpert row
 BATCH = 4
 STEPS_PER_EPOCH = TRAIN_STUDIES // BATCH
+ORIGINAL_RECIPE = {"head_init": "random", "head_lr_scale": 1.0, "layer_decay": 1.0, "drop_path": 0.0, "augment": False}
 BASE_TRAIN = {"batch_size": BATCH, "workers": 0, "save_every": 100, "lr": 1e-3}
 FINETUNED = {"epochs": 2, "lr": 3e-3}  # the run of the `finetuned` fixture
 UNCERTAIN_EVERY = 5  # Edema is uncertain (-1) in studies s % 5 == 0
@@ -79,8 +81,8 @@ def pretrained(store, tmp_path_factory) -> Path:
 
 
 def _finetune(store: Path, run: Path, pretrained: Path | None, resume: bool = False, **train) -> dict:
-    return finetune(store, run, pretrained=pretrained, train=BASE_TRAIN | train, resume=resume, device="cpu",
-                    progress=False)
+    return finetune(store, run, pretrained=pretrained, train=BASE_TRAIN | ORIGINAL_RECIPE | train, resume=resume,
+                    device="cpu", progress=False)
 
 
 def _epochs(run: Path) -> list[dict]:
@@ -247,8 +249,14 @@ def test_finetuning_writes_the_run_with_the_best_weights_and_test_metrics(store,
     table = (run / "test_metrics.txt").read_text()
     assert all(name in table for name in LABELS)
     # the test metrics are those of the best weights
-    again = evaluate_test_split(model, rd.open_store(store), FinetuneSettings(), torch.device("cpu"), False)
-    assert again["mean"] == pytest.approx(metrics["mean"])
+    again, predictions = evaluate_test_split(model, rd.open_store(store), FinetuneSettings(), torch.device("cpu"), False)
+    assert again["mean"]["auroc"] == pytest.approx(metrics["mean"]["auroc"])
+    assert again["mean"]["auroc_ci95"] == pytest.approx(metrics["mean"]["auroc_ci95"])
+    written = read_predictions(run / "test_predictions.csv")
+    assert list(written.study_ids) == list(predictions.study_ids) and written.labels == tuple(LABELS)
+    np.testing.assert_allclose(written.probabilities, predictions.probabilities, atol=1e-6)
+    np.testing.assert_array_equal(written.mask, predictions.mask)
+    np.testing.assert_array_equal(written.targets[written.mask], predictions.targets[predictions.mask])
     for name in LABELS:
         assert again["labels"][name].get("auroc") == pytest.approx(metrics["labels"][name].get("auroc")), name
     assert (run / "figures" / "attention.png").stat().st_size > 0  # the store has a validation study of 2+ views
@@ -291,7 +299,9 @@ def test_best_weights_are_kept_when_later_epochs_are_worse(store, pretrained, tm
     _assert_same_tensors(tested[0], seen[1])
     best = StudyClassifier(rd.load(run).config)
     best.load_state_dict(seen[1])
-    expected = evaluate_test_split(best.eval(), rd.open_store(store), FinetuneSettings(), torch.device("cpu"), False)
+    lacking = read_json(run / "config.json")["data"]["labels_absent"]  # no positive train study: reported absent
+    expected, _ = evaluate_test_split(best.eval(), rd.open_store(store), FinetuneSettings(), torch.device("cpu"), False,
+                                      lacking)
     assert json.loads(json.dumps(expected)) == read_json(run / "test_metrics.json")
 
 

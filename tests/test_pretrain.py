@@ -26,7 +26,8 @@ from raddiffusion.train.batches import EpochPlan, micro_batch_generator
 from raddiffusion.train.loop import TrainingError
 from raddiffusion.train.optim import build_optimizer, warmup_cosine
 from raddiffusion.train.pretrain import pretrain
-from raddiffusion.train.runs import CHECKPOINT, RunError, load_checkpoint, read_metrics
+from raddiffusion.results.runfiles import CHECKPOINT, read_metrics
+from raddiffusion.train.runs import RunError, load_checkpoint
 
 from conftest import TreeImage, labels_row, write_tree
 

@@ -12,7 +12,7 @@ import raddiffusion as rd
 from raddiffusion.data.labels import LABELS
 from raddiffusion.data.preprocess import preprocess
 from raddiffusion.fileio import read_json
-from raddiffusion.train.metrics import format_table, label_metrics
+from raddiffusion.results.metrics import format_table, label_metrics
 from raddiffusion.train.probe import linear_probe, probe, study_vectors, write_probe
 
 SIZE = 64
@@ -89,14 +89,18 @@ def test_metrics_are_plain_json_and_tabulate():
     targets[:, COL["Edema"]] = 0.0
     result = label_metrics(np.linspace(0, 1, 6)[:, None].repeat(len(LABELS), 1).astype(np.float32), targets)
     assert json.loads(json.dumps(result)) == result
-    assert all(type(v) in (float, int) for v in result["labels"]["Cardiomegaly"].values())
+    cardiomegaly = result["labels"]["Cardiomegaly"]
+    assert all(type(v) in (float, int) for k, v in cardiomegaly.items() if not k.endswith("_ci95"))
+    low, high = cardiomegaly["auroc_ci95"]
+    assert type(low) is float and low <= cardiomegaly["auroc"] <= high
     table = format_table(result, "demo")
     lines = table.splitlines()
     assert lines[0].startswith("demo")
     assert any(line.startswith("Edema") and "no positive studies" in line for line in lines)
     cardio = next(line for line in lines if line.startswith("Cardiomegaly"))
     assert f"{result['labels']['Cardiomegaly']['auroc']:.3f}" in cardio and "3/6" in cardio
-    assert lines[-1].startswith("mean")
+    assert f"[{low:.3f}, {high:.3f}]" in cardio
+    assert lines[-2].startswith("mean") and "bootstrap resamples of patients" in lines[-1]
     with pytest.raises(ValueError, match="shape"):
         label_metrics(np.zeros((4, 3)), np.zeros((4, 3)))
 

@@ -226,18 +226,23 @@ def test_plot_probes_command_writes_curves_and_bars(runs, tmp_path, capsys):
     assert main(["plot-probes", str(empty), "--out", str(tmp_path / "p.png")]) == 2  # no probe results: one line
 
 
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
+
+
 def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    return next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
 
 
-@pytest.mark.skipif(chromium() is None, reason="no Chromium to render the report")
+@pytest.mark.skipif(chromium() is None, reason=f"no Chromium on PATH (looked for {', '.join(CHROMIUM_NAMES)}); "
+                                               "install it with `apt-get install chromium`")
 def test_chromium_renders_the_report(runs, tmp_path):
     with pytest.warns(UserWarning):
         report = write_report(runs, tmp_path / "report.html")
     screenshot = tmp_path / "report.png"
-    subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={screenshot}",
-                    f"--window-size={WINDOW[0]},{WINDOW[1]}", report.resolve().as_uri()],
-                   capture_output=True, timeout=CHROMIUM_TIMEOUT_S, check=False)
-    assert screenshot.is_file()
+    done = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={screenshot}",
+                           f"--window-size={WINDOW[0]},{WINDOW[1]}", report.resolve().as_uri()],
+                          capture_output=True, timeout=CHROMIUM_TIMEOUT_S, check=False)
+    assert screenshot.is_file(), (f"{chromium()} wrote no screenshot (exit {done.returncode}): "
+                                  f"{done.stderr.decode(errors='replace')[-2000:]}")
     with Image.open(screenshot) as image:
         assert image.size == WINDOW and np.asarray(image.convert("L")).var() > 0

@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_embed(commands)
     _add_predict(commands)
     _add_reconstruct(commands)
+    _add_compare(commands)
+    _add_evaluate(commands)
     return parser
 
 
@@ -120,8 +122,10 @@ MODEL_OPTIONS = ("preset", "scheme", "mask_ratio", "image_size", "decoder", "sch
                  "time_embedding", "norm_pix_loss")
 PRETRAIN_OPTIONS = ("epochs", "batch_size", "accumulation", "lr", "probe_every", "save_every", "workers", "seed",
                     "precision", "compile", "label_policy", "max_views", "reference_study")
+RECIPE_OPTIONS = ("head_init", "head_warmup_epochs", "head_lr_scale", "layer_decay", "drop_path", "augment",
+                  "crop_scale", "rotation", "intensity", "hflip", "label_fraction", "resamples")
 FINETUNE_OPTIONS = ("epochs", "batch_size", "accumulation", "lr", "patience", "save_every", "workers", "seed",
-                    "precision", "compile", "label_policy", "max_views", "reference_study")
+                    "precision", "compile", "label_policy", "max_views", "reference_study", *RECIPE_OPTIONS)
 
 
 def _add_model_options(cmd: argparse.ArgumentParser) -> None:
@@ -172,6 +176,52 @@ def _add_training_options(cmd: argparse.ArgumentParser, defaults, finetune: bool
     group.add_argument("--max-views", type=_positive_int, help="at most N views per study, frontal first")
     group.add_argument("--reference-study", type=int, metavar="ID",
                        help="study drawn in the figures (default: the first validation study with 2+ views)")
+    if finetune:
+        _add_recipe_options(cmd, defaults)
+
+
+def _add_recipe_options(cmd: argparse.ArgumentParser, defaults) -> None:
+    from .train.finetune import HEAD_INITS
+
+    group = cmd.add_argument_group("fine-tuning recipe (defaults chosen by measurement, see BENCHMARKS.md)")
+    group.add_argument("--head-init", choices=HEAD_INITS,
+                       help=f"probe: the head starts as the linear probe of the initial encoder; random "
+                       f"(default {defaults.head_init})")
+    group.add_argument("--head-warmup-epochs", type=int, metavar="N",
+                       help=f"epochs in which only the head learns (default {defaults.head_warmup_epochs})")
+    group.add_argument("--head-lr-scale", type=float, metavar="X",
+                       help=f"the head learns at lr times X (default {defaults.head_lr_scale:g})")
+    group.add_argument("--layer-decay", type=float, metavar="D",
+                       help=f"layer-wise lr decay: block i of d learns at lr·D^(d−i); 1 = off "
+                       f"(default {defaults.layer_decay:g})")
+    group.add_argument("--drop-path", type=float, metavar="P",
+                       help=f"stochastic depth of the last encoder block (default {defaults.drop_path:g})")
+    group.add_argument("--augment", action=argparse.BooleanOptionalAction,
+                       help="random resized crop, small rotation, brightness / contrast (default on)")
+    group.add_argument("--crop-scale", type=float, metavar="S",
+                       help=f"smallest area share kept by the random crop (default {defaults.crop_scale:g})")
+    group.add_argument("--rotation", type=float, metavar="DEG", help=f"largest rotation (default {defaults.rotation:g})")
+    group.add_argument("--intensity", type=float, metavar="X",
+                       help=f"largest brightness shift / contrast change (default {defaults.intensity:g})")
+    group.add_argument("--hflip", action=argparse.BooleanOptionalAction,
+                       help="random horizontal flips (default off: anatomy is lateralised)")
+    _add_protocol_options(cmd, finetune=True)
+
+
+def _add_protocol_options(cmd: argparse.ArgumentParser, finetune: bool = False) -> None:
+    """--label-fraction, --seeds and --resamples (the label-efficient protocol and the intervals)."""
+    from .results.bootstrap import DEFAULT_RESAMPLES
+
+    group = cmd.add_argument_group("label-efficient protocol and intervals")
+    group.add_argument("--label-fraction", type=_fraction, metavar="F",
+                       help="use a seeded, patient-level subset holding this share of the labelled train studies, "
+                       "e.g. 0.01 or 0.1 (default 1)")
+    group.add_argument("--seeds", type=_positive_int, metavar="N",
+                       help="repeat with N seeds (subset and initialisation): --seed, --seed+1, ...; "
+                       "reports each and mean ± sd" + (" (runs in RUN_DIR/seed-S)" if finetune else ""))
+    group.add_argument("--resamples", type=int, metavar="N",
+                       help=f"bootstrap resamples of patients for the 95%% intervals, 0 = none "
+                       f"(default {DEFAULT_RESAMPLES})")
 
 
 def _add_run_options(cmd: argparse.ArgumentParser) -> None:
@@ -216,7 +266,12 @@ def _add_probe(commands) -> None:
     cmd.add_argument("--label-policy", default="ones", help="uncertain labels: ones, zeros, ignore (default ones)")
     cmd.add_argument("--out", type=Path, help="JSON file to write (default RUN_DIR/probe/<split>.json)")
     cmd.add_argument("--device", nargs="+", default=["auto"], help="auto, cpu, cuda or a GPU number")
-    cmd.add_argument("--seed", type=int, default=0, help="seed of the logistic regressions (default 0)")
+    cmd.add_argument("--seed", type=int, default=0, help="seed of the subset and the logistic regressions (default 0)")
+    cmd.add_argument("--method", choices=("linear", "knn"), default="linear",
+                     help="linear: logistic regression per label; knn: share of positives among the k nearest "
+                     "train studies by cosine similarity (default linear)")
+    cmd.add_argument("--k", type=_positive_int, default=None, help="neighbours of the kNN probe (default 20)")
+    _add_protocol_options(cmd)
     cmd.set_defaults(handler=run_probe)
 
 
@@ -382,6 +437,69 @@ def _add_reconstruct(commands) -> None:
     cmd.set_defaults(handler=run_reconstruct)
 
 
+def _add_compare(commands) -> None:
+    cmd = commands.add_parser(
+        "compare", help="is one model really better than another? paired bootstrap of mean AUROC",
+        description="Compare two models scored on the same studies: both mean AUROC / AUPRC with 95%% intervals, "
+        "and the difference A − B with its paired bootstrap interval (the same patient resamples for both). "
+        "A difference whose interval holds 0 is reported 'within noise'. A and B are fine-tuning runs (their "
+        "test_predictions.csv), predictions CSV files, or, with --store, pretraining runs or models that are "
+        "linearly probed (train -> --split) first.",
+    )
+    cmd.add_argument("a", type=Path, metavar="RUN_A", help="fine-tuning run, predictions CSV, or (with --store) any model")
+    cmd.add_argument("b", type=Path, metavar="RUN_B", help="the same kinds as RUN_A")
+    cmd.add_argument("--store", type=Path, help="probe both models on this store instead of reading their predictions")
+    cmd.add_argument("--split", default="test", choices=("validate", "test"), help="split probed (default test)")
+    cmd.add_argument("--resamples", type=_positive_int, default=None, help="bootstrap resamples (default 1000)")
+    cmd.add_argument("--seed", type=int, default=0, help="seed of the resamples (default 0)")
+    cmd.add_argument("--out", type=Path, help="also write the comparison as JSON here")
+    cmd.add_argument("--device", nargs="+", default=["auto"], help="auto, cpu, cuda or a GPU number")
+    cmd.set_defaults(handler=run_compare)
+
+
+def _add_evaluate(commands) -> None:
+    cmd = commands.add_parser(
+        "evaluate", help="the label-efficient grid: models × methods × label fractions × seeds, one table",
+        description="Evaluate pretraining runs by linear probe (--probe, the default), kNN probe (--knn) and "
+        "fine-tuning (--finetune) on seeded patient-level subsets of the train labels (--fractions), each "
+        "repeated over --seeds, all scored on --split with 95%% patient-bootstrap intervals. --baselines adds a "
+        "randomly initialised encoder (probed) and supervised training from scratch (fine-tuned), so the table "
+        "says what pretraining added. Every cell is kept in OUT/cells; re-running skips finished cells and resumes "
+        "an interrupted fine-tuning. Writes OUT/evaluate.json and OUT/evaluate.txt (fraction × method table).",
+    )
+    cmd.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="pretraining runs (or .safetensors models)")
+    cmd.add_argument("--store", type=Path, required=True, help="store with labelled train / validate / test studies")
+    cmd.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder of the grid (created; reused)")
+    cmd.add_argument("--fractions", type=_fractions, default=(0.01, 0.1, 1.0), metavar="F,F,...",
+                     help="label fractions (default 0.01,0.1,1)")
+    cmd.add_argument("--seeds", type=_positive_int, default=3, help="seeds per cell (default 3)")
+    cmd.add_argument("--probe", action="store_true", help="linear probe (the default when no method is named)")
+    cmd.add_argument("--knn", action="store_true", help="k-nearest-neighbour probe")
+    cmd.add_argument("--finetune", action="store_true", help="fine-tuning (slow: one training per cell)")
+    cmd.add_argument("--baselines", action="store_true", help="add random init (probes) and from scratch (fine-tuning)")
+    cmd.add_argument("--k", type=_positive_int, default=None, help="neighbours of the kNN probe (default 20)")
+    cmd.add_argument("--split", default="test", choices=("validate", "test"), help="evaluated split (default test)")
+    cmd.add_argument("--finetune-epochs", type=_positive_int, help="fine-tuning epochs (default 20)")
+    cmd.add_argument("--batch-size", type=_positive_int, help="fine-tuning studies per step (default 64)")
+    cmd.add_argument("--resamples", type=_positive_int, default=None, help="bootstrap resamples (default 1000)")
+    cmd.add_argument("--device", nargs="+", default=["auto"], help="auto, cpu, cuda or a GPU number")
+    cmd.add_argument("--quiet", action="store_true", help="no progress bar")
+    cmd.set_defaults(handler=run_evaluate)
+
+
+def _fraction(text: str) -> float:
+    from .data.fractions import check_fraction
+
+    try:
+        return check_fraction(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a label fraction in (0, 1]") from None
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    return tuple(_fraction(part) for part in text.split(","))
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -531,7 +649,7 @@ def run_pretrain(args: argparse.Namespace, argv: list[str]) -> int | None:
 
 
 def _pretrain_line(run: Path, summary: dict) -> str:
-    from .train.metrics import format_metric
+    from .results.metrics import format_metric
 
     probe = summary["probe"]
     probed = f"; probe mean AUROC {format_metric(probe['mean']['auroc'])} after epoch {probe['epoch']}" if probe else ""
@@ -549,42 +667,128 @@ def _print_once(line: str) -> None:
 
 def run_probe(args: argparse.Namespace, argv: list[str]) -> None:
     from .data.store import open_store
+    from .results.bootstrap import DEFAULT_RESAMPLES
+    from .results.metrics import format_interval, format_metric, format_table
     from .train.checkpoint import load
     from .train.distributed import single_device
-    from .train.metrics import format_table
-    from .train.probe import probe, write_probe
+    from .train.probe import DEFAULT_K, ProbeOptions, format_mean_sd, format_seeds, probe_with_predictions, write_probe
 
+    options = ProbeOptions(method=args.method, label_fraction=args.label_fraction or 1.0,
+                           seeds=tuple(range(args.seed, args.seed + (args.seeds or 1))), k=args.k or DEFAULT_K,
+                           resamples=DEFAULT_RESAMPLES if args.resamples is None else args.resamples)
     device = single_device(_device(args))
     model = load(args.run_dir).to(device)
-    metrics = probe(model, open_store(args.store), eval_split=args.split, label_policy=args.label_policy,
-                    device=device, seed=args.seed)
-    out = args.out or (args.run_dir if args.run_dir.is_dir() else args.run_dir.parent) / "probe" / f"{args.split}.json"
-    write_probe(metrics, out)
-    print(format_table(metrics, f"linear probe, train -> {args.split}"))
-    mean = metrics["mean"]["auroc"]
-    print(f"probe: mean AUROC {'n/a' if mean is None else f'{mean:.3f}'} over {metrics['mean']['labels']} labels "
-          f"on {metrics['eval_studies']} {args.split} studies; written to {out}")
+    metrics, predictions = probe_with_predictions(model, open_store(args.store), eval_split=args.split,
+                                                  label_policy=args.label_policy, device=device, options=options)
+    out = args.out or (args.run_dir if args.run_dir.is_dir() else args.run_dir.parent) / "probe" / _probe_name(args)
+    write_probe(metrics, out, predictions)
+    print(format_table(metrics, f"{args.method} probe, train -> {args.split}") + format_seeds(metrics))
+    mean = metrics["mean"]
+    over = f"; over {len(options.seeds)} seeds {format_mean_sd(metrics['over_seeds']['auroc'])}" if "seeds" in metrics else ""
+    print(f"probe: mean AUROC {format_metric(mean['auroc'])} {format_interval(mean.get('auroc_ci95'))} over "
+          f"{mean['labels']} labels on {metrics['eval_studies']} {args.split} studies{over}; written to {out}")
+
+
+def _probe_name(args: argparse.Namespace) -> str:
+    """``test.json``; a kNN probe or a label fraction is named in the file (``test-knn-f0.1.json``)."""
+    parts = [args.split] + (["knn"] if args.method == "knn" else [])
+    parts += [f"f{args.label_fraction:g}"] if args.label_fraction not in (None, 1.0) else []
+    return "-".join(parts) + ".json"
+
+
+def run_compare(args: argparse.Namespace, argv: list[str]) -> None:
+    from .fileio import write_json
+    from .results.bootstrap import DEFAULT_RESAMPLES
+    from .results.compare import compare_predictions, format_comparison
+
+    a, b = (_predictions_of(path, args) for path in (args.a, args.b))
+    result = compare_predictions(a, b, args.resamples or DEFAULT_RESAMPLES, args.seed)
+    names = [str(args.a), str(args.b)]
+    print(format_comparison(result, *names), end="")
+    if args.out:
+        write_json(args.out, {"a": names[0], "b": names[1], **result})
+    difference = result["difference"]
+    print(f"compare: A − B mean AUROC {difference['difference']:+.3f} "
+          f"[{difference['ci95'][0]:+.3f}, {difference['ci95'][1]:+.3f}] on {result['studies']} studies"
+          if difference["ci95"] else "compare: no interval (no label could be scored)")
+
+
+def _predictions_of(path: Path, args: argparse.Namespace):
+    """A model's per-study predictions: probed on --store, or read from a fine-tuning run / predictions CSV."""
+    from .data.store import open_store
+    from .results.predictions import PredictionsError, read_predictions
+    from .results.runfiles import TEST_PREDICTIONS
+    from .train.checkpoint import load
+    from .train.distributed import single_device
+    from .train.probe import probe_with_predictions
+
+    if args.store is not None:
+        device = single_device(_device(args))
+        return probe_with_predictions(load(path).to(device), open_store(args.store), eval_split=args.split,
+                                      device=device, progress=False)[1]
+    if path.is_dir():
+        if not (path / TEST_PREDICTIONS).is_file():
+            raise PredictionsError(f"{path}: no {TEST_PREDICTIONS} (not a finished fine-tuning run); "
+                                   f"give --store to probe it instead")
+        path = path / TEST_PREDICTIONS
+    return read_predictions(path)
+
+
+def run_evaluate(args: argparse.Namespace, argv: list[str]) -> None:
+    from .results.bootstrap import DEFAULT_RESAMPLES
+    from .results.evaluation import EVALUATE_JSON, format_evaluation
+    from .train.distributed import single_device
+    from .train.evaluate import EvaluateSettings, evaluate
+    from .train.probe import DEFAULT_K
+
+    methods = tuple(m for m in ("probe", "knn", "finetune") if getattr(args, m)) or ("probe",)
+    finetune = {k: v for k, v in (("epochs", args.finetune_epochs), ("batch_size", args.batch_size)) if v}
+    settings = EvaluateSettings(fractions=args.fractions, seeds=args.seeds, methods=methods, baselines=args.baselines,
+                                split=args.split, k=args.k or DEFAULT_K, finetune=finetune,
+                                resamples=args.resamples or DEFAULT_RESAMPLES)
+    started = time.perf_counter()
+    evaluation = evaluate(args.runs, args.store, args.out, settings, single_device(_device(args)), not args.quiet)
+    print(format_evaluation(evaluation), end="")
+    print(f"evaluate: {len(evaluation['cells'])} cells ({len(evaluation['rows'])} rows) in "
+          f"{time.perf_counter() - started:.0f}s; {args.out / EVALUATE_JSON}")
 
 
 def run_finetune(args: argparse.Namespace, argv: list[str]) -> int | None:
-    from .train.finetune import finetune
+    from .train.finetune import finetune, finetune_seeds
 
     code = _relaunched(args, argv)
     if code is not None:
         return code
-    summary = finetune(args.store, args.run, pretrained=args.pretrained, model=_explicit(args, MODEL_OPTIONS),
-                       train=_explicit(args, FINETUNE_OPTIONS), resume=args.resume, device=_device(args),
-                       progress=not args.quiet)
+    common = {"pretrained": args.pretrained, "model": _explicit(args, MODEL_OPTIONS),
+              "train": _explicit(args, FINETUNE_OPTIONS), "resume": args.resume, "device": _device(args),
+              "progress": not args.quiet}
+    if args.seeds:
+        result = finetune_seeds(args.store, args.run, list(range(args.seed or 0, (args.seed or 0) + args.seeds)),
+                                **common)
+        _print_once(_seeds_line(args.run, result))
+        return None
+    summary = finetune(args.store, args.run, **common)
     _print_once(_finetune_line(args.run, summary))
     return None
 
 
+def _seeds_line(run: Path, result: dict) -> str:
+    from .results.metrics import format_interval, format_metric
+    from .train.probe import format_mean_sd
+
+    seeds = ", ".join(f"seed {s['seed']} {format_metric(s['mean']['auroc'])} {format_interval(s['mean'].get('auroc_ci95'))}"
+                      for s in result["seeds"])
+    return (f"finetune: test mean AUROC {seeds}; over {len(result['seeds'])} seeds "
+            f"{format_mean_sd(result['over_seeds']['auroc'])}; runs in {run}/seed-*")
+
+
 def _finetune_line(run: Path, summary: dict) -> str:
-    from .train.metrics import format_metric
+    from .results.metrics import format_interval, format_metric
 
     test = summary["test"]["mean"]
     return (f"finetune: best epoch {summary['best_epoch']} of {summary['epochs_run']} "
-            f"(validation loss {summary['best_val_loss']:.4f}); test mean AUROC {format_metric(test['auroc'])}, "
+            f"(validation loss {summary['best_val_loss']:.4f}); test mean AUROC {format_metric(test['auroc'])} "
+            f"{format_interval(test.get('auroc_ci95'))}, "
             f"AUPRC {format_metric(test['auprc'])}, F1 {format_metric(test['f1'])}; run in {run}")
 
 
@@ -592,7 +796,7 @@ def _finetune_line(run: Path, summary: dict) -> str:
 def run_workflow(args: argparse.Namespace, argv: list[str]) -> int | None:
     from .train.finetune import finetune
     from .train.pretrain import pretrain
-    from .train.runs import CONFIG, is_finished
+    from .results.runfiles import CONFIG, is_finished
 
     code = _relaunched(args, argv)
     if code is not None:
@@ -622,7 +826,7 @@ def run_workflow(args: argparse.Namespace, argv: list[str]) -> int | None:
 
 def _next_finetune_dir(name: Path) -> Path:
     """The unfinished fine-tuning of this run, else a new ``finetune``, ``finetune-2``, ... directory."""
-    from .train.runs import is_finished
+    from .results.runfiles import is_finished
 
     number = 1
     while True:

@@ -16,9 +16,9 @@ from .data.store import open_store
 from .fileio import read_json, write_json
 from .models.presets import SCHEMES
 from .train.finetune import finetune
-from .train.metrics import format_metric
+from .results.metrics import format_metric
 from .train.pretrain import pretrain
-from .train.runs import CONFIG, is_finished
+from .results.runfiles import CONFIG, is_finished
 from .visual.report import write_report
 
 SETTINGS_FILE = "demo.json"

@@ -1,6 +1,7 @@
 """Studies as training examples: a torch ``Dataset`` over a store and a collate for whole studies."""
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -76,6 +77,17 @@ class StudyDataset(Dataset):
         """Store rows of the views of study ``i``, in the order they are returned."""
         rows = self._rows[self._starts[i] : self._starts[i + 1]]
         return rows[: self.max_views] if self.max_views else rows
+
+    def select(self, positions: np.ndarray) -> StudyDataset:
+        """The studies at ``positions`` (in that order) as a dataset of their own, sharing this one's images."""
+        positions = np.asarray(positions, dtype=np.int64)
+        subset = copy.copy(self)
+        pieces = [self._rows[self._starts[i] : self._starts[i + 1]] for i in positions]
+        subset._rows = np.concatenate(pieces) if pieces else self._rows[:0]
+        subset._starts = np.r_[0, np.cumsum(np.diff(self._starts)[positions])]
+        for name in ("study_ids", "subject_ids", "splits", "labels", "label_mask", "labelled"):
+            setattr(subset, name, getattr(self, name)[positions])
+        return subset
 
     def __getitem__(self, i: int) -> dict:
         rows = self.image_rows(i)

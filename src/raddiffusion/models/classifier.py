@@ -1,12 +1,16 @@
 """The fine-tuning model: the study encoder with a linear head on the study vector."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
 from .encoder import StudyEncoder, StudyPretrainer, embed_studies
 from .presets import ModelConfig
 from .vit import INIT_STD, init_weights
+
+ENCODER_SHAPE_FIELDS = ("patch_size", "width", "depth", "heads", "mlp_hidden")  # the pretrained weights fix these
 
 
 class StudyClassifier(nn.Module):
@@ -21,9 +25,17 @@ class StudyClassifier(nn.Module):
         nn.init.normal_(self.encoder.cls_token, std=INIT_STD)
 
     @classmethod
-    def from_pretrained(cls, pretrainer: StudyPretrainer) -> StudyClassifier:
-        """A classifier whose encoder starts from a pretrained model's encoder (the head starts fresh)."""
-        model = cls(pretrainer.config)
+    def from_pretrained(cls, pretrainer: StudyPretrainer, **overrides) -> StudyClassifier:
+        """A classifier whose encoder starts from a pretrained model's encoder (the head starts fresh).
+
+        ``overrides`` are :class:`ModelConfig` fields that leave the encoder's weights usable, e.g.
+        ``image_size=512`` (the fixed position table is recomputed for the new patch grid) or ``drop_path=0.1``.
+        """
+        for name in ENCODER_SHAPE_FIELDS:
+            if name in overrides and overrides[name] != getattr(pretrainer.config, name):
+                raise ValueError(f"{name} cannot change when fine-tuning a pretrained encoder "
+                                 f"({getattr(pretrainer.config, name)} -> {overrides[name]})")
+        model = cls(replace(pretrainer.config, **overrides))
         model.encoder.load_state_dict(pretrainer.encoder.state_dict())
         return model
 

@@ -25,7 +25,8 @@ class StudyEncoder(nn.Module):
     """Patch embedding + fixed sin-cos positions, a learned CLS, pre-norm blocks, final LayerNorm.
 
     After every block the CLS tokens of a study are replaced by their mean (the study bottleneck): the
-    only path between the views of a study. Only the patches it is given are embedded.
+    only path between the views of a study. Only the patches it is given are embedded. While training,
+    block ``i`` drops its residual branches per image at :func:`drop_path_rates` (``config.drop_path``).
     """
 
     def __init__(self, config: ModelConfig):
@@ -36,7 +37,8 @@ class StudyEncoder(nn.Module):
         rows, cols = grid_shape(config.image_size, config.patch_size)
         self.register_buffer("pos_embed", sincos_2d(config.width, rows, cols), persistent=False)
         self.blocks = nn.ModuleList(
-            Block(config.width, config.heads, config.mlp_hidden) for _ in range(config.depth)
+            Block(config.width, config.heads, config.mlp_hidden, rate)
+            for rate in drop_path_rates(config.drop_path, config.depth)
         )
         self.norm = layer_norm(config.width)
 
@@ -56,6 +58,13 @@ class StudyEncoder(nn.Module):
         for block in self.blocks:
             x = fuse_cls(block(x), studies)
         return self.norm(x)
+
+
+def drop_path_rates(rate: float, depth: int) -> list[float]:
+    """Stochastic-depth rate of each of ``depth`` blocks: linear from 0 (first block) to ``rate`` (last block)."""
+    if depth == 1:
+        return [0.0]
+    return [rate * i / (depth - 1) for i in range(depth)]
 
 
 class StudyPretrainer(nn.Module):

@@ -24,7 +24,8 @@ class ModelConfig:
     """Everything needed to rebuild a model (``create(**config.to_dict())`` gives the same architecture).
 
     ``decoder``, ``schedule``, ``timesteps`` (``None``: the schedule's own) and ``time_embedding`` are
-    DiffMAE options; ``norm_pix_loss`` is the vanilla MAE's.
+    DiffMAE options; ``norm_pix_loss`` is the vanilla MAE's. ``drop_path`` is the stochastic-depth rate of
+    the encoder's last block (0 for the first, linear in between; decoders have none).
     """
 
     preset: str
@@ -46,6 +47,7 @@ class ModelConfig:
     timesteps: int | None = None
     time_embedding: bool = True
     num_labels: int = NUM_LABELS
+    drop_path: float = 0.0
 
     def __post_init__(self) -> None:
         _check_choice("scheme", self.scheme, SCHEMES)
@@ -62,6 +64,8 @@ class ModelConfig:
             raise ValueError(f"mask_ratio {self.mask_ratio} must leave at least one visible and one masked patch")
         if self.timesteps is not None and self.timesteps < 2:
             raise ValueError(f"timesteps must be at least 2, not {self.timesteps}")
+        if not 0.0 <= self.drop_path < 1.0:
+            raise ValueError(f"drop_path must be in [0, 1), not {self.drop_path}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -161,19 +161,35 @@ class Mlp(nn.Sequential):
         super().__init__(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block: ``x + attn(LN(x))``, then ``x + MLP(LN(x))``."""
+def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: zero each sample (batch row) with probability ``rate``, scale the others by 1/(1 − rate).
 
-    def __init__(self, width: int, heads: int, hidden: int):
+    The identity (no random draw) in eval mode or at rate 0.
+    """
+    if rate == 0.0 or not training:
+        return x
+    keep = 1.0 - rate
+    kept = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    return x * kept / keep
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(LN(x))``, then ``x + MLP(LN(x))``.
+
+    With ``drop_path`` > 0 each residual branch is dropped per sample while training (:func:`drop_path`).
+    """
+
+    def __init__(self, width: int, heads: int, hidden: int, drop_path: float = 0.0):
         super().__init__()
         self.norm1 = layer_norm(width)
         self.attn = SelfAttention(width, heads)
         self.norm2 = layer_norm(width)
         self.mlp = Mlp(width, hidden)
+        self.drop_path_rate = drop_path
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + drop_path(self.attn(self.norm1(x)), self.drop_path_rate, self.training)
+        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path_rate, self.training)
 
 
 def init_weights(module: nn.Module) -> None:

@@ -2,8 +2,15 @@
 
 SPEC §4: BCE with logits, ``pos_weight = 1/sqrt(prevalence)`` per label from the train split, AdamW
 with weight decay 0.05, warm-up + cosine, early stopping on the validation loss, best weights kept
-(``model.safetensors``), then per-label and mean AUROC / AUPRC / F1 on the test split
-(``test_metrics.json``). Under the ``ignore`` policy masked labels are left out of the loss.
+(``model.safetensors``), then per-label and mean AUROC / AUPRC / F1 with patient-bootstrap
+intervals on the test split (``test_metrics.json``, per-study ``test_predictions.csv``). Under the
+``ignore`` policy masked labels are left out of the loss.
+
+On top of it, a recipe chosen by measurement (BENCHMARKS.md), every part a setting: the head starts
+from the linear probe of the initial encoder (linear-probe-then-fine-tune; the epoch-0 weights are
+the first candidate for "best"), a larger learning rate for the head, layer-wise learning-rate
+decay, drop path, radiograph augmentation (random resized crop, small rotation, brightness /
+contrast, no horizontal flip), and the label-efficient protocol (a seeded subset of the train labels).
 """
 from __future__ import annotations
 
@@ -14,15 +21,25 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
+from ..data.augment import NO_AUGMENTATION, Augmentation, augment
+from ..data.fractions import NO_POSITIVE_IN_TRAIN, check_fraction, label_fraction_subset
+from ..data.labels import LABELS
 from ..data.store import Store, open_store
 from ..data.studies import StudyDataset, collate_studies
 from ..fileio import atomic_path, read_json, write_json
 from ..models import StudyClassifier, model_config
 from ..models.presets import ModelConfig
+from ..results.bootstrap import DEFAULT_RESAMPLES
+from ..results.metrics import format_table, label_metrics
+from ..results.predictions import Predictions, write_predictions
+from ..results.runfiles import CHECKPOINT, CONFIG, SUMMARY, TEST_METRICS, TEST_PREDICTIONS, is_finished
+from ..visual.study import ATTENTION, FIGURES, attention_map_figure
 from . import distributed
-from .batches import EpochPlan
+from .batches import EpochPlan, micro_batch_generator
 from .checkpoint import load, save_model
 from .loop import (
     accumulate_gradients,
@@ -35,16 +52,17 @@ from .loop import (
     to_device,
     wrap_for_training,
 )
-from .metrics import format_table, label_metrics
-from .optim import build_optimizer, set_learning_rate, warmup_cosine
-from ..visual.study import ATTENTION, FIGURES, attention_map_figure
+from .optim import build_classifier_optimizer, set_learning_rate, warmup_cosine
 from .pretrain import figure_reference
-from .runs import CHECKPOINT, CONFIG, SUMMARY, MetricsLog, RunError, check_requested, load_checkpoint, save_checkpoint
+from .probe import MAX_ITER, over_seeds, study_vectors
+from .runs import MetricsLog, RunError, check_requested, load_checkpoint, save_checkpoint
 
 BEST_WEIGHTS = "model.safetensors"
-TEST_METRICS = "test_metrics.json"
+CPU = torch.device("cpu")  # augmentation parameters are drawn here, whatever the device
 EVAL_BATCH_STUDIES = 64
 MAY_CHANGE_ON_RESUME = {"save_every", "workers", "compile", "reference_study"}
+HEAD_INITS = ("probe", "random")
+RESIZABLE = ("image_size",)  # model options a fine-tuning may change from its pretrained model
 
 
 @dataclass(frozen=True)
@@ -66,9 +84,34 @@ class FinetuneSettings:
     label_policy: str = "ones"
     max_views: int | None = None
     reference_study: int | None = None  # its attention maps are drawn; default: first validation study, 2+ views
+    head_init: str = "probe"  # "probe": the head starts as the linear probe of the initial encoder; "random"
+    head_warmup_epochs: int = 0  # epochs in which only the head learns (the encoder's learning rate is 0)
+    head_lr_scale: float = 10.0  # the head's learning rate is lr times this
+    layer_decay: float = 0.75  # block i of depth d learns at lr · layer_decay^(d − i); 1 = off
+    drop_path: float = 0.1  # stochastic depth of the last encoder block (linear from 0 over the blocks)
+    augment: bool = True
+    crop_scale: float = 0.8  # smallest area share of the random resized crop
+    rotation: float = 5.0  # largest rotation, degrees
+    intensity: float = 0.1  # brightness shift and contrast change, at most
+    hflip: bool = False  # anatomy is lateralised: no horizontal flip unless asked
+    label_fraction: float = 1.0  # share of the labelled train studies used (patient-level, seeded)
+    resamples: int = DEFAULT_RESAMPLES  # bootstrap resamples of the test intervals
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
+        check_fraction(self.label_fraction)
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"head_init must be one of {', '.join(HEAD_INITS)}, not {self.head_init!r}")
+        if self.head_warmup_epochs < 0 or self.head_lr_scale <= 0 or not 0 < self.layer_decay <= 1:
+            raise ValueError("head_warmup_epochs must be >= 0, head_lr_scale > 0 and layer_decay in (0, 1]")
+        self.augmentation()  # checks the augmentation settings
+
+    def augmentation(self) -> Augmentation:
+        """The augmentation these settings ask for (``NO_AUGMENTATION`` when ``augment`` is off)."""
+        if not self.augment:
+            return NO_AUGMENTATION
+        return Augmentation(crop_scale=(self.crop_scale, 1.0), rotation=self.rotation, brightness=self.intensity,
+                            contrast=self.intensity, hflip=self.hflip)
 
 
 def pos_weight(dataset: StudyDataset) -> torch.Tensor:
@@ -101,19 +144,18 @@ def finetune(
     settings = resolve_settings(FinetuneSettings, stored and stored["train"], train, MAY_CHANGE_ON_RESUME, run_dir)
     store = open_store(store_path)
     torch.manual_seed(settings.seed)
-    net = _initial_model(stored, pretrained, model, run_dir).to(process.device)
+    net = _initial_model(stored, pretrained, model, run_dir, settings).to(process.device)
     check_store_fits(store, net.config, store_path)
 
     def dataset(split: str) -> StudyDataset:
         return StudyDataset(store, split=split, label_policy=settings.label_policy, max_views=settings.max_views,
                             labelled_only=True)
 
-    train_set, val_set = dataset("train"), dataset("validate")
+    full_train, val_set = dataset("train"), dataset("validate")
+    train_set, lacking = train_subset(full_train, settings)
+    batch_size = min(settings.batch_size, len(train_set))
     views = train_set.view_counts()
-    steps_per_epoch = len(train_set) // settings.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"--batch-size {settings.batch_size} is larger than the {len(train_set)} labelled train "
-                         f"studies of {store_path}")
+    steps_per_epoch = len(train_set) // batch_size
     if len(val_set) == 0:
         raise ValueError(f"{store_path} has no labelled validate studies: early stopping needs them")
     if len(dataset("test")) == 0:
@@ -124,11 +166,13 @@ def finetune(
         write_json(run_dir / CONFIG, {
             "command": "finetune", "store": str(store_path), "pretrained": str(pretrained) if pretrained else None,
             "model": net.config.to_dict(), "train": asdict(settings),
-            "data": {"train_studies": len(train_set), "validate_studies": len(val_set),
+            "data": {"train_studies": len(full_train), "train_studies_used": len(train_set),
+                     "labels_absent": lacking, "batch_size": batch_size, "validate_studies": len(val_set),
                      "steps_per_epoch": steps_per_epoch, "pos_weight": weight.tolist()},
         })
 
-    optimizer = build_optimizer(net, settings.lr, settings.weight_decay)
+    optimizer = build_classifier_optimizer(net, settings.lr, settings.weight_decay, settings.layer_decay,
+                                           settings.head_lr_scale)
     checkpoint = run_dir / CHECKPOINT
     state = {"step": 0, "epoch_loss": 0.0, "best_val_loss": None, "best_epoch": 0, "bad_epochs": 0,
              "epochs_run": 0, "seconds": 0.0}
@@ -136,28 +180,36 @@ def finetune(
         state = load_checkpoint(checkpoint, net, optimizer)
     log = MetricsLog(run_dir, enabled=process.is_main)
     log.keep_until(state["step"])
+    if state["step"] == 0 and settings.head_init == "probe":
+        init_head_from_probe(net, train_set, process.device, progress and process.is_main)
+        state = _keep_if_best(state, evaluate_loss(net, val_set, weight, process.device, settings.precision), 0,
+                              net, run_dir, process, log, progress)
     trainer = wrap_for_training(net, process, settings.compile)
     total_steps = settings.epochs * steps_per_epoch
+    augmentation = settings.augmentation()
 
     def objective(model: torch.nn.Module, batch: dict) -> torch.Tensor:
-        return masked_bce(model(batch["images"], batch["lengths"]), batch["labels"], batch["label_mask"], weight)
+        images = augment(batch["images"], augmentation, batch["generator"])
+        return masked_bce(model(images, batch["lengths"]), batch["labels"], batch["label_mask"], weight)
 
     started = time.perf_counter() - state["seconds"]
     for epoch in range(state["step"] // steps_per_epoch, settings.epochs):
         if state["bad_epochs"] >= settings.patience:
             break
-        plan = EpochPlan(views, settings.batch_size, settings.accumulation, process.rank, process.ranks,
-                         settings.seed, epoch)
+        plan = EpochPlan(views, batch_size, settings.accumulation, process.rank, process.ranks, settings.seed, epoch)
         first = state["step"] - epoch * steps_per_epoch
         batches = iter(micro_batch_loader(train_set, plan, first, settings.workers, process.device))
         bar = tqdm(range(first, steps_per_epoch), desc=f"finetune epoch {epoch + 1}/{settings.epochs}", unit="step",
                    disable=not (progress and process.is_main), dynamic_ncols=True)
+        encoder_factor = 0.0 if epoch < settings.head_warmup_epochs else 1.0
         for step_in_epoch in bar:
             step = epoch * steps_per_epoch + step_in_epoch
             lr = settings.lr * warmup_cosine(step, total_steps, settings.warmup_fraction)
-            set_learning_rate(optimizer, lr)
+            set_learning_rate(optimizer, lr, encoder_factor)
             micro = [to_device(next(batches), process.device) for _ in range(settings.accumulation)]
-            shares = [len(batch["lengths"]) / settings.batch_size for batch in micro]
+            for mb, batch in zip(plan.micro_batches(step_in_epoch), micro):
+                batch["generator"] = micro_batch_generator(settings.seed, step, mb.index, CPU)
+            shares = [len(batch["lengths"]) / batch_size for batch in micro]
             local = accumulate_gradients(trainer, micro, shares, process.ranks, objective, settings.precision)
             loss = distributed.global_sum(local, process).item()
             check_finite(loss, step + 1, checkpoint)
@@ -170,28 +222,22 @@ def finetune(
                 save_checkpoint(checkpoint, net, optimizer, state)
         bar.close()
         val_loss = evaluate_loss(net, val_set, weight, process.device, settings.precision)
-        improved = state["best_val_loss"] is None or val_loss < state["best_val_loss"]
-        state.update(epochs_run=epoch + 1, bad_epochs=0 if improved else state["bad_epochs"] + 1)
-        if improved:
-            state.update(best_val_loss=val_loss, best_epoch=epoch + 1)
-            if process.is_main:
-                save_model(net, run_dir / BEST_WEIGHTS)
-        log.write({"kind": "epoch", "step": state["step"], "epoch": epoch + 1,
-                   "loss": state["epoch_loss"] / steps_per_epoch, "val_loss": val_loss, "best": improved})
-        if progress and process.is_main:
-            tqdm.write(f"epoch {epoch + 1}: validation loss {val_loss:.4f}"
-                       + (" (best so far)" if improved else f" ({state['bad_epochs']} without improvement)"))
+        state["epochs_run"] = epoch + 1
+        state = _keep_if_best(state, val_loss, epoch + 1, net, run_dir, process, log, progress,
+                              state["epoch_loss"] / steps_per_epoch)
         state["epoch_loss"] = 0.0
         if process.is_main:
             save_checkpoint(checkpoint, net, optimizer, state)
         distributed.barrier(process)
 
     summary = {"command": "finetune", "epochs_run": state["epochs_run"], "best_epoch": state["best_epoch"],
-               "best_val_loss": state["best_val_loss"], "steps": state["step"], "seconds": round(state["seconds"], 1)}
+               "best_val_loss": state["best_val_loss"], "steps": state["step"], "seconds": round(state["seconds"], 1),
+               "label_fraction": settings.label_fraction, "train_studies_used": len(train_set)}
     if process.is_main:
         best = load(run_dir / BEST_WEIGHTS).to(process.device)
-        metrics = evaluate_test_split(best, store, settings, process.device, progress)
+        metrics, predictions = evaluate_test_split(best, store, settings, process.device, progress, lacking)
         write_test_metrics(metrics, run_dir / TEST_METRICS)
+        write_predictions(predictions, run_dir / TEST_PREDICTIONS)
         summary["test"] = {"studies": metrics["studies"], "mean": metrics["mean"]}
         figure_study = figure_reference(store, settings.reference_study)
         if figure_study is not None:
@@ -204,21 +250,80 @@ def finetune(
     return summary
 
 
-def _initial_model(stored: dict | None, pretrained, requested: dict, run_dir: Path) -> StudyClassifier:
-    """A resumed run's architecture, the pretrained encoder (+ a fresh head), or a random one."""
+def train_subset(train_set: StudyDataset, settings: FinetuneSettings) -> tuple[StudyDataset, dict[str, str]]:
+    """The label-fraction subset of the labelled train studies (the seed's), and the labels it lacks."""
+    if settings.label_fraction == 1.0:
+        positions = np.arange(len(train_set))
+        lacking = {n: NO_POSITIVE_IN_TRAIN for n, p in zip(LABELS, (train_set.labels * train_set.label_mask).sum(0))
+                   if p == 0}
+    else:
+        positions, lacking = label_fraction_subset(train_set.subject_ids, train_set.labels, train_set.label_mask,
+                                                   settings.label_fraction, settings.seed, LABELS)
+    if len(positions) == 0:
+        raise ValueError("the store has no labelled train studies to fine-tune on")
+    return train_set.select(positions), lacking
+
+
+def _keep_if_best(state: dict, val_loss: float, epoch: int, net: StudyClassifier, run_dir: Path, process,
+                  log: MetricsLog, progress: bool, train_loss: float | None = None) -> dict:
+    """Record an epoch's validation loss; keep the weights as ``model.safetensors`` when it is the lowest yet."""
+    improved = state["best_val_loss"] is None or val_loss < state["best_val_loss"]
+    state = {**state, "bad_epochs": 0 if improved else state["bad_epochs"] + 1}
+    if improved:
+        state.update(best_val_loss=val_loss, best_epoch=epoch)
+        if process.is_main:
+            save_model(net, run_dir / BEST_WEIGHTS)
+    log.write({"kind": "epoch", "step": state["step"], "epoch": epoch, "loss": train_loss, "val_loss": val_loss,
+               "best": improved})
+    if progress and process.is_main:
+        tqdm.write(f"epoch {epoch}: validation loss {val_loss:.4f}"
+                   + (" (best so far)" if improved else f" ({state['bad_epochs']} without improvement)"))
+    return state
+
+
+def init_head_from_probe(model: StudyClassifier, train_set: StudyDataset, device: torch.device, progress: bool) -> None:
+    """Set the head to the linear probe of the model's current encoder on ``train_set`` (standardised
+    balanced logistic regressions, folded into the head's weights; labels with one class keep a zero row)."""
+    vectors = study_vectors(model, train_set, EVAL_BATCH_STUDIES, device, progress=progress, description="probe head")
+    scaler = StandardScaler().fit(vectors)
+    weight = np.zeros((len(LABELS), vectors.shape[1]))
+    bias = np.zeros(len(LABELS))
+    for k in range(len(LABELS)):
+        rows = train_set.label_mask[:, k] > 0
+        targets = train_set.labels[rows, k].astype(int)
+        if np.unique(targets).size < 2:
+            continue
+        fitted = LogisticRegression(class_weight="balanced", max_iter=MAX_ITER).fit(
+            scaler.transform(vectors[rows]), targets)
+        weight[k] = fitted.coef_[0] / scaler.scale_
+        bias[k] = fitted.intercept_[0] - weight[k] @ scaler.mean_
+    with torch.no_grad():
+        model.head.weight.copy_(torch.from_numpy(weight))
+        model.head.bias.copy_(torch.from_numpy(bias))
+
+
+def _initial_model(stored: dict | None, pretrained, requested: dict, run_dir: Path,
+                   settings: FinetuneSettings) -> StudyClassifier:
+    """A resumed run's architecture, the pretrained encoder (+ a fresh head), or a random one.
+
+    A pretrained encoder may be fine-tuned at another image size (its position table is recomputed
+    for the new grid); the drop-path rate is the fine-tuning's own.
+    """
     if stored is not None:
         config = ModelConfig(**stored["model"])
         check_requested(run_dir, config.to_dict(), requested)
-        if stored.get("pretrained") and not (run_dir / CHECKPOINT).is_file():
-            return _initial_model(None, stored["pretrained"], requested, run_dir)  # stopped before its 1st checkpoint
+        if stored.get("pretrained") and not (run_dir / CHECKPOINT).is_file():  # stopped before its 1st checkpoint
+            return _initial_model(None, stored["pretrained"], requested, run_dir, settings)
         return StudyClassifier(config)
     if pretrained is None:
-        return StudyClassifier(model_config(**requested))
+        return StudyClassifier(model_config(**{"drop_path": settings.drop_path, **requested}))
     source = load(pretrained)
-    check_requested(Path(pretrained), source.config.to_dict(), requested)
+    fixed = {k: v for k, v in requested.items() if k not in RESIZABLE}
+    check_requested(Path(pretrained), source.config.to_dict(), fixed)
     if isinstance(source, StudyClassifier):
         raise RunError(f"{pretrained}: is a fine-tuned model; --from takes a pretraining run")
-    return StudyClassifier.from_pretrained(source)
+    resized = {k: v for k, v in requested.items() if k in RESIZABLE}
+    return StudyClassifier.from_pretrained(source, drop_path=settings.drop_path, **resized)
 
 
 @torch.no_grad()
@@ -250,15 +355,20 @@ def predict_split(model: StudyClassifier, dataset: StudyDataset, device: torch.d
 
 
 def evaluate_test_split(model: StudyClassifier, store: Store, settings: FinetuneSettings, device: torch.device,
-                 progress: bool) -> dict:
-    """Per-label and mean AUROC / AUPRC / F1 at 0.5 of the test split."""
+                        progress: bool, absent: dict[str, str] | None = None) -> tuple[dict, Predictions]:
+    """Per-label and mean AUROC / AUPRC (with patient-bootstrap intervals) and F1 at 0.5 of the test split,
+    and its per-study predictions. Labels in ``absent`` (name -> reason) are reported absent."""
     test_set = StudyDataset(store, split="test", label_policy=settings.label_policy, max_views=settings.max_views,
                             labelled_only=True)
     if len(test_set) == 0:
         raise ValueError("the store has no labelled test studies to evaluate on")
-    metrics = label_metrics(predict_split(model, test_set, device, progress), test_set.labels, test_set.label_mask)
+    probabilities = predict_split(model, test_set, device, progress)
+    metrics = label_metrics(probabilities, test_set.labels, test_set.label_mask, absent=absent,
+                            subjects=test_set.subject_ids, resamples=settings.resamples, seed=settings.seed)
     metrics["split"] = "test"
-    return metrics
+    predictions = Predictions(test_set.study_ids, test_set.subject_ids, probabilities.astype(np.float64),
+                              test_set.labels, test_set.label_mask > 0, tuple(LABELS))
+    return metrics, predictions
 
 
 def write_test_metrics(metrics: dict, path: Path) -> None:
@@ -266,3 +376,26 @@ def write_test_metrics(metrics: dict, path: Path) -> None:
     write_json(path, metrics)
     with atomic_path(path.with_suffix(".txt")) as tmp:
         tmp.write_text(format_table(metrics, "fine-tuned model on the test split") + "\n")
+
+
+SEEDS_FILE = "seeds.json"
+
+
+def finetune_seeds(store_path: str | Path, run_dir: str | Path, seeds: list[int], pretrained: str | Path | None = None,
+                   model: dict | None = None, train: dict | None = None, resume: bool = False,
+                   device: str | list[int] = "auto", progress: bool = True) -> dict:
+    """:func:`finetune` once per seed (subset and initialisation) into ``run_dir/seed-S``, then ``seeds.json``:
+    each seed's test means and the mean ± sd over seeds. Finished seeds are kept; ``resume`` continues the others."""
+    run_dir = Path(run_dir)
+    summaries = []
+    for seed in seeds:
+        seed_dir = run_dir / f"seed-{seed}"
+        if is_finished(seed_dir):
+            summaries.append(read_json(seed_dir / SUMMARY))
+            continue
+        summaries.append(finetune(store_path, seed_dir, pretrained, model, {**(train or {}), "seed": seed},
+                                  resume=resume and (seed_dir / CONFIG).is_file(), device=device, progress=progress))
+    result = {"seeds": [{"seed": seed, "run": f"seed-{seed}", **summary["test"]} for seed, summary in zip(seeds, summaries)],
+              "over_seeds": over_seeds([summary["test"]["mean"] for summary in summaries])}
+    write_json(run_dir / SEEDS_FILE, result)
+    return result

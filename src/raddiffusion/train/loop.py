@@ -15,7 +15,8 @@ from ..fileio import read_json
 from . import distributed
 from .batches import EpochPlan
 from .distributed import Process
-from .runs import CONFIG, RunError, check_requested
+from ..results.runfiles import CONFIG
+from .runs import RunError, check_requested
 
 PRECISIONS = ("fp32", "bf16")
 

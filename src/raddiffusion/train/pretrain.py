@@ -33,11 +33,12 @@ from .loop import (
     unwrap,
     wrap_for_training,
 )
-from .metrics import format_metric
+from ..results.metrics import format_metric
 from .optim import build_optimizer, set_learning_rate, warmup_cosine
 from .probe import probe, write_probe
 from ..visual.study import ANIMATION, FIGURES, reconstruction_figures, reference_study
-from .runs import CHECKPOINT, CONFIG, SUMMARY, MetricsLog, check_requested, load_checkpoint, save_checkpoint
+from ..results.runfiles import CHECKPOINT, CONFIG, SUMMARY
+from .runs import MetricsLog, check_requested, load_checkpoint, save_checkpoint
 
 PROBE_DIR = "probe"
 PROBE_BATCH_STUDIES = 64

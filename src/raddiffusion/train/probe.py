@@ -1,6 +1,7 @@
 """The linear probe: frozen-encoder study vectors, one balanced logistic regression per label."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,16 +12,23 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ..data.fractions import check_fraction, label_fraction_subset
 from ..data.labels import LABELS
 from ..data.mimic import SPLITS
 from ..data.store import Store
 from ..data.studies import StudyDataset, collate_studies
 from ..fileio import atomic_path, write_json
-from .metrics import format_table, metrics_with_absent
+from ..results.bootstrap import DEFAULT_RESAMPLES
+from ..results.metrics import METRICS, format_interval, format_metric, format_table, label_metrics
+from ..results.predictions import Predictions, write_predictions
 
 MAX_ITER = 1000  # logistic-regression solver iterations
 ONE_CLASS_IN_TRAIN = "only one class in train"
 TABLE_SUFFIX = ".txt"
+PROBE_METHODS = ("linear", "knn")
+DEFAULT_K = 20  # neighbours of the kNN probe
+PREDICTIONS_SUFFIX = ".predictions.csv"
+KNN_CHUNK = 256  # eval rows whose similarities to all train rows are held at once
 
 
 def study_vectors(
@@ -55,6 +63,66 @@ def study_vectors(
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
+def linear_probe_scores(
+    train_x: np.ndarray, train_y: np.ndarray, train_mask: np.ndarray, eval_x: np.ndarray, seed: int = 0
+) -> tuple[np.ndarray, dict[str, str]]:
+    """Probabilities ``[eval, 14]`` of one balanced logistic regression per label on standardised vectors.
+
+    Only train rows whose mask is 1 are fitted. A label with a single class among them is returned
+    in ``absent`` (name -> ``only one class in train``) with probabilities 0.
+    """
+    scaler = StandardScaler().fit(train_x)
+    train_z, eval_z = scaler.transform(train_x), scaler.transform(eval_x)
+    probabilities = np.zeros((len(eval_x), len(LABELS)), dtype=np.float64)
+    absent = {}
+    for k, name in enumerate(LABELS):
+        rows, targets = _fitted_rows(train_y, train_mask, k)
+        if np.unique(targets).size < 2:
+            absent[name] = ONE_CLASS_IN_TRAIN
+            continue
+        classifier = LogisticRegression(class_weight="balanced", max_iter=MAX_ITER, random_state=seed)
+        probabilities[:, k] = classifier.fit(train_z[rows], targets).predict_proba(eval_z)[:, 1]
+    return probabilities, absent
+
+
+def knn_scores(
+    train_x: np.ndarray, train_y: np.ndarray, train_mask: np.ndarray, eval_x: np.ndarray, k: int = DEFAULT_K
+) -> tuple[np.ndarray, dict[str, str]]:
+    """Probabilities ``[eval, 14]``: per label, the share of positives among the ``k`` nearest train studies.
+
+    Nearness is the cosine similarity of the study vectors; only train rows whose mask is 1 count
+    for a label. Labels with a single class among them are returned in ``absent``.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, not {k}")
+    train_u, eval_u = _unit_rows(train_x), _unit_rows(eval_x)
+    probabilities = np.zeros((len(eval_x), len(LABELS)), dtype=np.float64)
+    absent = {}
+    for label, name in enumerate(LABELS):
+        rows, targets = _fitted_rows(train_y, train_mask, label)
+        if np.unique(targets).size < 2:
+            absent[name] = ONE_CLASS_IN_TRAIN
+            continue
+        neighbours = min(k, len(targets))
+        for start in range(0, len(eval_u), KNN_CHUNK):
+            similarity = eval_u[start : start + KNN_CHUNK] @ train_u[rows].T
+            nearest = np.argpartition(-similarity, neighbours - 1, axis=1)[:, :neighbours]
+            probabilities[start : start + KNN_CHUNK, label] = targets[nearest].mean(axis=1)
+    return probabilities, absent
+
+
+def _fitted_rows(train_y: np.ndarray, train_mask: np.ndarray, label: int) -> tuple[np.ndarray, np.ndarray]:
+    """The train rows counted for ``label`` and their 0/1 targets."""
+    rows = np.asarray(train_mask[:, label]).astype(bool)
+    return rows, np.asarray(train_y[rows, label]).astype(int)
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.finfo(np.float32).tiny)
+
+
 def linear_probe(
     train_x: np.ndarray,
     train_y: np.ndarray,
@@ -63,25 +131,71 @@ def linear_probe(
     eval_y: np.ndarray,
     eval_mask: np.ndarray,
     seed: int = 0,
+    eval_subjects: np.ndarray | None = None,
 ) -> dict:
-    """Fit one balanced logistic regression per label on standardised train vectors; score them on eval.
+    """:func:`linear_probe_scores` scored on eval: the :func:`label_metrics` dict (intervals over ``eval_subjects``)."""
+    probabilities, absent = linear_probe_scores(train_x, train_y, train_mask, eval_x, seed)
+    return label_metrics(probabilities, eval_y, eval_mask, absent=absent, subjects=eval_subjects)
 
-    Only rows whose mask is 1 are fitted and scored. A label with a single class among its train rows
-    is reported absent (``only one class in train``). Returns the :func:`label_metrics` dict of eval.
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    """How frozen vectors are evaluated: method, label fraction and seeds of the train subset, intervals."""
+
+    method: str = "linear"  # "linear" | "knn"
+    label_fraction: float = 1.0
+    seeds: tuple[int, ...] = (0,)
+    k: int = DEFAULT_K
+    resamples: int = DEFAULT_RESAMPLES
+
+    def __post_init__(self) -> None:
+        if self.method not in PROBE_METHODS:
+            raise ValueError(f"probe method must be one of {', '.join(PROBE_METHODS)}, not {self.method!r}")
+        check_fraction(self.label_fraction)
+        if not self.seeds:
+            raise ValueError("at least one seed is needed")
+
+
+@dataclass(frozen=True)
+class SplitVectors:
+    """The labelled studies of one split and their frozen study vectors."""
+
+    dataset: StudyDataset
+    vectors: np.ndarray
+
+
+def embed_split(model: nn.Module, store: Store, split: str, label_policy: str = "ones", batch_size: int = 64,
+                device: str | torch.device = "cpu", num_workers: int = 0, progress: bool = True) -> SplitVectors:
+    """Frozen study vectors of the labelled studies of ``split`` (``ValueError`` when it has none)."""
+    dataset = _labelled_studies(store, split, label_policy)
+    vectors = study_vectors(model, dataset, batch_size, device, num_workers, progress, description=f"embed {split}")
+    return SplitVectors(dataset, vectors)
+
+
+def score_vectors(train: SplitVectors, evaluate: SplitVectors, options: ProbeOptions, seed: int) -> tuple[dict, Predictions]:
+    """One seed of a probe on frozen vectors: fit on the seed's label-fraction subset of train, score eval.
+
+    Returns the :func:`label_metrics` dict (with the subset's size and the labels it lacks) and the
+    per-study predictions of the eval split.
     """
-    scaler = StandardScaler().fit(train_x)
-    train_z, eval_z = scaler.transform(train_x), scaler.transform(eval_x)
-    probabilities = np.zeros(np.shape(eval_y), dtype=np.float64)
-    absent = {}
-    for k, name in enumerate(LABELS):
-        rows = np.asarray(train_mask[:, k]).astype(bool)
-        targets = np.asarray(train_y[rows, k]).astype(int)
-        if np.unique(targets).size < 2:
-            absent[name] = ONE_CLASS_IN_TRAIN
-            continue
-        classifier = LogisticRegression(class_weight="balanced", max_iter=MAX_ITER, random_state=seed)
-        probabilities[:, k] = classifier.fit(train_z[rows], targets).predict_proba(eval_z)[:, 1]
-    return metrics_with_absent(probabilities, eval_y, eval_mask, absent=absent)
+    labels = tuple(LABELS)
+    subset, lacking = label_fraction_subset(train.dataset.subject_ids, train.dataset.labels, train.dataset.label_mask,
+                                            options.label_fraction, seed, labels)
+    x, y, mask = train.vectors[subset], train.dataset.labels[subset], train.dataset.label_mask[subset]
+    if options.method == "knn":
+        probabilities, absent = knn_scores(x, y, mask, evaluate.vectors, options.k)
+    else:
+        probabilities, absent = linear_probe_scores(x, y, mask, evaluate.vectors, seed)
+    absent = {**lacking, **absent}
+    data = evaluate.dataset
+    metrics = label_metrics(probabilities, data.labels, data.label_mask, absent=absent, subjects=data.subject_ids,
+                            resamples=options.resamples)
+    predictions = Predictions(data.study_ids, data.subject_ids, probabilities, data.labels, data.label_mask > 0, labels)
+    details = {"method": options.method, "label_fraction": options.label_fraction, "seed": seed,
+               "train_studies_used": len(subset)}
+    if options.method == "knn":
+        details["k"] = options.k
+    return {**details, **metrics}, predictions
 
 
 def probe(
@@ -95,21 +209,62 @@ def probe(
     num_workers: int = 0,
     seed: int = 0,
     progress: bool = True,
+    options: ProbeOptions | None = None,
 ) -> dict:
-    """Linear probe of a (frozen) model: fit on the labelled studies of ``train_split``, score ``eval_split``.
+    """Probe of a (frozen) model: fit on the labelled studies of ``train_split``, score ``eval_split``.
 
-    Returns the :func:`label_metrics` dict of the eval split plus ``train_split``, ``eval_split``,
-    ``train_studies`` and ``eval_studies``. ``ValueError`` if a split has no labelled study.
+    ``options`` chooses linear or kNN, the label fraction, the seeds (default: ``seed`` alone) and
+    the bootstrap. Returns the :func:`label_metrics` dict of the eval split (of the first seed) plus
+    ``train_split``, ``eval_split``, ``train_studies`` and ``eval_studies``; with several seeds also
+    ``seeds`` (each seed's metrics) and ``over_seeds`` (mean and sd of the mean AUROC / AUPRC).
+    ``ValueError`` if a split has no labelled study.
     """
-    train, evaluate = (_labelled_studies(store, split, label_policy) for split in (train_split, eval_split))
-    embed = {"model": model, "batch_size": batch_size, "device": device, "num_workers": num_workers,
-             "progress": progress}
-    train_x = study_vectors(dataset=train, description=f"embed {train_split}", **embed)
-    eval_x = study_vectors(dataset=evaluate, description=f"embed {eval_split}", **embed)
-    metrics = linear_probe(train_x, train.labels, train.label_mask, eval_x, evaluate.labels, evaluate.label_mask, seed)
+    return probe_with_predictions(model, store, train_split, eval_split, label_policy, batch_size, device,
+                                  num_workers, seed, progress, options)[0]
+
+
+def probe_with_predictions(
+    model: nn.Module,
+    store: Store,
+    train_split: str = "train",
+    eval_split: str = "validate",
+    label_policy: str = "ones",
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    seed: int = 0,
+    progress: bool = True,
+    options: ProbeOptions | None = None,
+) -> tuple[dict, Predictions]:
+    """:func:`probe`, and the eval split's per-study predictions of its first seed."""
+    options = options or ProbeOptions(seeds=(seed,))
+    embed = {"model": model, "store": store, "label_policy": label_policy, "batch_size": batch_size,
+             "device": device, "num_workers": num_workers, "progress": progress}
+    train, evaluate = embed_split(split=train_split, **embed), embed_split(split=eval_split, **embed)
+    scored = [score_vectors(train, evaluate, options, s) for s in options.seeds]
     splits = {"train_split": train_split, "eval_split": eval_split,
-              "train_studies": len(train), "eval_studies": len(evaluate)}
-    return {**splits, **metrics}
+              "train_studies": len(train.dataset), "eval_studies": len(evaluate.dataset)}
+    return {**splits, **with_seeds([metrics for metrics, _ in scored])}, scored[0][1]
+
+
+def with_seeds(results: list[dict]) -> dict:
+    """One seed's result as it is; several: the first's fields, ``seeds`` (all) and ``over_seeds`` (mean ± sd)."""
+    if len(results) == 1:
+        return results[0]
+    return {**results[0], "seeds": results, "over_seeds": over_seeds([r["mean"] for r in results])}
+
+
+def over_seeds(means: list[dict]) -> dict:
+    """Mean and sample sd over seeds of each mean metric (``None`` when a seed has no value)."""
+    summary = {}
+    for metric in METRICS:
+        values = [m.get(metric) for m in means]
+        if any(v is None for v in values):
+            summary[metric] = {"mean": None, "sd": None, "seeds": len(values)}
+            continue
+        sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        summary[metric] = {"mean": float(np.mean(values)), "sd": sd, "seeds": len(values)}
+    return summary
 
 
 def _labelled_studies(store: Store, split: str, label_policy: str) -> StudyDataset:
@@ -125,20 +280,45 @@ def _labelled_studies(store: Store, split: str, label_policy: str) -> StudyDatas
     return StudyDataset(store, split, label_policy, labelled_only=True)
 
 
-def write_probe(metrics: dict, path: Path) -> None:
-    """Write probe ``metrics`` as JSON at ``path`` and as a text table next to it (same stem, ``.txt``), atomically."""
+def write_probe(metrics: dict, path: Path, predictions: Predictions | None = None) -> None:
+    """Write probe ``metrics`` as JSON at ``path``, a text table next to it (same stem, ``.txt``) and,
+    when given, the per-study ``predictions`` (same stem, ``.predictions.csv``); each atomically."""
     path = Path(path)
     table_path = path.with_suffix(TABLE_SUFFIX)
     if table_path == path:
         raise ValueError(f"{path}: the probe JSON needs a name that is not {TABLE_SUFFIX}")
     write_json(path, metrics)
     with atomic_path(table_path) as tmp:
-        tmp.write_text(format_table(metrics, _title(metrics)))
+        tmp.write_text(format_table(metrics, _title(metrics)) + format_seeds(metrics))
+    if predictions is not None:
+        write_predictions(predictions, path.with_suffix(PREDICTIONS_SUFFIX))
+
+
+def format_seeds(result: dict) -> str:
+    """Lines for a result over several seeds: each seed's mean AUROC, then mean ± sd (empty for one seed)."""
+    if "seeds" not in result:
+        return ""
+    lines = [f"seed {r['seed']}: mean AUROC {format_metric(r['mean']['auroc'])} "
+             f"{format_interval(r['mean'].get('auroc_ci95'))}" for r in result["seeds"]]
+    auroc = result["over_seeds"]["auroc"]
+    lines.append(f"over {auroc['seeds']} seeds: mean AUROC {format_mean_sd(auroc)}")
+    return "\n".join(lines) + "\n"
+
+
+def format_mean_sd(summary: dict) -> str:
+    """``mean ± sd`` of an :func:`over_seeds` entry (``n/a`` without values)."""
+    if summary["mean"] is None:
+        return format_metric(None)
+    return f"{format_metric(summary['mean'])} ± {format_metric(summary['sd'])}"
 
 
 def _title(metrics: dict) -> str:
-    """The table title: which splits were probed (when the metrics say)."""
+    """The table title: method, label fraction, seed and which splits were probed (when the metrics say)."""
+    method = "k-nearest-neighbour probe" if metrics.get("method") == "knn" else "Linear probe"
+    fraction = metrics.get("label_fraction", 1.0)
+    if fraction != 1.0:
+        method += f" on {fraction:g} of the train labels ({metrics['train_studies_used']} studies, seed {metrics['seed']})"
     if "train_split" in metrics and "eval_split" in metrics:
-        return (f"Linear probe: fit on {metrics['train_split']} ({metrics['train_studies']} studies), "
+        return (f"{method}: fit on {metrics['train_split']} ({metrics['train_studies']} studies), "
                 f"scored on {metrics['eval_split']}")
-    return "Linear probe"
+    return method

@@ -20,22 +20,16 @@ from safetensors.torch import save_file
 from ..errors import first_line
 from ..fileio import atomic_path
 from ..models.api import model_kind
+from ..models.presets import ModelConfig
+from ..results.runfiles import METRICS, record_step
 from .checkpoint import CheckpointError, read_safetensors
 
-CONFIG = "config.json"
-CHECKPOINT = "checkpoint.safetensors"
-METRICS = "metrics.jsonl"
-SUMMARY = "summary.json"
 TRAINING_FORMAT = "raddiffusion-training-v1"
 MODEL_PREFIX, OPTIMIZER_PREFIX = "model.", "optimizer."
 
 
 class RunError(Exception):
     """A run directory that cannot be used as asked; one line naming the run and the problem."""
-
-
-def is_finished(run_dir: Path) -> bool:
-    return (run_dir / SUMMARY).is_file()
 
 
 def config_differences(stored: dict, requested: dict, prefix: str = "") -> list[str]:
@@ -85,7 +79,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     metadata, tensors = read_safetensors(path)
     if metadata.get("format") != TRAINING_FORMAT:
         raise CheckpointError(f"{path}: not a raddiffusion training checkpoint")
-    stored = json.loads(metadata["config"])
+    stored = ModelConfig(**json.loads(metadata["config"])).to_dict()  # fields added later take their defaults
     differences = config_differences(stored, model.config.to_dict())
     if differences or metadata.get("kind") != model_kind(model):
         raise CheckpointError(f"{path}: checkpoint of another model ({'; '.join(differences) or metadata.get('kind')})")
@@ -123,7 +117,7 @@ class MetricsLog:
         """Drop records after ``step`` (written after the checkpoint a resumed run starts from)."""
         if not self.enabled or not self.path.is_file():
             return
-        kept = [line for line in self.path.read_text().splitlines() if _record_step(line) <= step]
+        kept = [line for line in self.path.read_text().splitlines() if record_step(line) <= step]
         with atomic_path(self.path) as tmp:
             tmp.write_text("".join(line + "\n" for line in kept))
 
@@ -140,25 +134,6 @@ class MetricsLog:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    """The records of ``metrics.jsonl`` (a line cut short by a crash is skipped)."""
-    path = run_dir / METRICS
-    records = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
-def _record_step(line: str) -> float:
-    try:
-        return json.loads(line).get("step", 0)
-    except json.JSONDecodeError:
-        return float("inf")
 
 
 def _tensorboard_writer(run_dir: Path):

@@ -24,9 +24,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
 from ..fileio import atomic_path, read_json
-from ..train.metrics import DECIMALS, METRICS
-from ..train.runs import CONFIG, SUMMARY, read_metrics
-from ..train.runs import METRICS as METRICS_FILE
+from ..results.metrics import DECIMALS, METRICS
+from ..results.runfiles import CONFIG, SUMMARY, read_metrics
+from ..results.runfiles import METRICS as METRICS_FILE
 from .curves import (
     AXIS_INCHES,
     CURVE_GAP,

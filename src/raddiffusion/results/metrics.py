@@ -5,8 +5,10 @@ import numpy as np
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from ..data.labels import LABELS, NUM_LABELS
+from .bootstrap import CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED, metric_intervals
 
 METRICS = ("auroc", "auprc", "f1")
+CI_SUFFIX = "_ci95"
 DEFAULT_THRESHOLD = 0.5
 DECIMALS = 3
 NO_STUDIES = "no studies"
@@ -24,31 +26,49 @@ def label_metrics(
     targets: np.ndarray,
     mask: np.ndarray | None = None,
     threshold: float = DEFAULT_THRESHOLD,
+    absent: dict[str, str] | None = None,
+    subjects: np.ndarray | None = None,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
 ) -> dict:
-    """AUROC, AUPRC and F1 at ``threshold`` of every label over the rows whose ``mask`` is 1.
+    """AUROC, AUPRC and F1 at ``threshold`` of every label over the rows whose ``mask`` is 1, with intervals.
 
     ``probabilities``, ``targets`` (0/1) and ``mask`` (``None``: every row counts) are ``[S, 14]``.
-    A label whose counted rows hold a single class (or none) gets ``absent`` (the reason) instead of
-    metrics and is left out of the means. Returns plain Python numbers only (JSON-serialisable).
+    A label whose counted rows hold a single class (or none), or that ``absent`` names (name ->
+    reason), gets ``absent`` (the reason) instead of metrics and is left out of the means. AUROC and
+    AUPRC, per label and mean, carry ``auroc_ci95`` / ``auprc_ci95``: 95 % bootstrap intervals over
+    ``resamples`` seeded resamples of the patients ``subjects [S]`` (``None``: each study its own
+    patient; ``resamples=0``: no intervals). Returns plain Python numbers only (JSON-serialisable).
     """
-    return metrics_with_absent(probabilities, targets, mask, threshold)
-
-
-def metrics_with_absent(
-    probabilities: np.ndarray,
-    targets: np.ndarray,
-    mask: np.ndarray | None = None,
-    threshold: float = DEFAULT_THRESHOLD,
-    absent: dict[str, str] | None = None,
-) -> dict:
-    """:func:`label_metrics`, with the labels of ``absent`` (name -> reason) reported absent whatever the data."""
     probabilities, targets, mask = _check_arrays(probabilities, targets, mask)
     absent = absent or {}
     per_label = {
         name: _one_label(probabilities[:, k], targets[:, k], mask[:, k], threshold, absent.get(name))
         for k, name in enumerate(LABELS)
     }
-    return {"studies": len(targets), "labels": per_label, "mean": _means(per_label)}
+    metrics = {"studies": len(targets), "labels": per_label, "mean": _means(per_label)}
+    if resamples > 0:
+        _add_intervals(metrics, probabilities, targets, mask, subjects, resamples, seed)
+    return metrics
+
+
+def scored_labels(metrics: dict) -> list[int]:
+    """Column indices of the labels that have metrics (not absent)."""
+    return [k for k, entry in enumerate(metrics["labels"].values()) if "absent" not in entry]
+
+
+def _add_intervals(metrics: dict, probabilities, targets, mask, subjects, resamples: int, seed: int) -> None:
+    """Put the patient-bootstrap intervals of every scored label and of the means into ``metrics``."""
+    scored = scored_labels(metrics)
+    if not scored:
+        return
+    subjects = np.arange(len(targets)) if subjects is None else np.asarray(subjects)
+    intervals = metric_intervals(probabilities, targets, mask, subjects, scored, resamples, seed)
+    names = list(metrics["labels"])
+    for k, values in intervals["labels"].items():
+        metrics["labels"][names[k]].update(values)
+    metrics["mean"].update(intervals["mean"])
+    metrics["bootstrap"] = {"resamples": resamples, "seed": seed, "unit": "patient", "confidence": CONFIDENCE}
 
 
 def _check_arrays(
@@ -106,21 +126,45 @@ def _means(per_label: dict[str, dict]) -> dict:
 
 NAME_HEADER, COUNT_HEADER, MEAN_ROW = "label", "pos/total", "mean"
 NUMBER_WIDTH = 7
+INTERVAL_WIDTH = 16
 COUNT_WIDTH = 11
+INTERVAL_METRICS = ("auroc", "auprc")
 
 
 def format_table(metrics: dict, title: str) -> str:
-    """A fixed-width text table of a :func:`label_metrics` result: one row per label, then the means."""
+    """A fixed-width text table of a :func:`label_metrics` result: one row per label, then the means.
+
+    AUROC and AUPRC are followed by their 95 % interval when the metrics have one.
+    """
     name_width = max(len(name) for name in [*metrics["labels"], NAME_HEADER, MEAN_ROW])
-    header = f"{NAME_HEADER:<{name_width}}" + "".join(f"{m.upper():>{NUMBER_WIDTH}}" for m in METRICS)
-    header += f"{COUNT_HEADER:>{COUNT_WIDTH}}"
+    header = f"{NAME_HEADER:<{name_width}}" + "".join(_header(m) for m in METRICS) + f"{COUNT_HEADER:>{COUNT_WIDTH}}"
     rule = "-" * len(header)
     rows = [_label_row(name, entry, name_width) for name, entry in metrics["labels"].items()]
     mean = metrics["mean"]
-    mean_row = f"{MEAN_ROW:<{name_width}}" + "".join(_number(mean[m]) for m in METRICS)
+    mean_row = f"{MEAN_ROW:<{name_width}}" + "".join(_cells(mean, m) for m in METRICS)
     mean_row += f"   over {mean['labels']} of {len(metrics['labels'])} labels"
     lines = [f"{title} ({metrics['studies']} studies)", rule, header, rule, *rows, rule, mean_row]
+    if "bootstrap" in metrics:
+        lines.append(f"[low, high]: 95 % interval, {metrics['bootstrap']['resamples']} bootstrap resamples of patients")
     return "\n".join(lines) + "\n"
+
+
+def _header(metric: str) -> str:
+    interval = f"{'95% CI':>{INTERVAL_WIDTH}}" if metric in INTERVAL_METRICS else ""
+    return f"{metric.upper():>{NUMBER_WIDTH}}{interval}"
+
+
+def _cells(entry: dict, metric: str) -> str:
+    """A metric's column(s): the value, then its interval for AUROC / AUPRC (blank when there is none)."""
+    cells = _number(entry.get(metric))
+    if metric in INTERVAL_METRICS:
+        cells += f"{format_interval(entry.get(metric + CI_SUFFIX)):>{INTERVAL_WIDTH}}"
+    return cells
+
+
+def format_interval(interval: list[float] | None) -> str:
+    """``[low, high]`` with DECIMALS decimals, or an empty string when there is no interval."""
+    return "" if not interval else f"[{interval[0]:.{DECIMALS}f}, {interval[1]:.{DECIMALS}f}]"
 
 
 def _label_row(name: str, entry: dict, name_width: int) -> str:
@@ -128,9 +172,9 @@ def _label_row(name: str, entry: dict, name_width: int) -> str:
     total = entry["positives"] + entry["negatives"]
     counts = f"{entry['positives']}/{total}"
     if "absent" in entry:
-        dashes = "".join(_number(None) for _ in METRICS)
+        dashes = "".join(_cells({}, m) for m in METRICS)
         return f"{name:<{name_width}}{dashes}{counts:>{COUNT_WIDTH}}   {entry['absent']}"
-    numbers = "".join(_number(entry[m]) for m in METRICS)
+    numbers = "".join(_cells(entry, m) for m in METRICS)
     return f"{name:<{name_width}}{numbers}{counts:>{COUNT_WIDTH}}"
 
 

@@ -1,0 +1,1 @@
+"""Results below both training and figures: metrics with intervals, prediction files, run file names, comparisons."""
