@@ -737,7 +737,6 @@ def _predictions_of(path: Path, args: argparse.Namespace):
 def run_evaluate(args: argparse.Namespace, argv: list[str]) -> None:
     from .results.bootstrap import DEFAULT_RESAMPLES
     from .results.evaluation import EVALUATE_JSON, format_evaluation
-    from .train.distributed import single_device
     from .train.evaluate import EvaluateSettings, evaluate
     from .train.probe import DEFAULT_K
 
@@ -747,7 +746,7 @@ def run_evaluate(args: argparse.Namespace, argv: list[str]) -> None:
                                 split=args.split, k=args.k or DEFAULT_K, finetune=finetune,
                                 resamples=args.resamples or DEFAULT_RESAMPLES)
     started = time.perf_counter()
-    evaluation = evaluate(args.runs, args.store, args.out, settings, single_device(_device(args)), not args.quiet)
+    evaluation = evaluate(args.runs, args.store, args.out, settings, _device(args), not args.quiet)
     print(format_evaluation(evaluation), end="")
     print(f"evaluate: {len(evaluation['cells'])} cells ({len(evaluation['rows'])} rows) in "
           f"{time.perf_counter() - started:.0f}s; {args.out / EVALUATE_JSON}")

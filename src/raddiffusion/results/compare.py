@@ -22,8 +22,8 @@ def compare_predictions(a: Predictions, b: Predictions, resamples: int = DEFAULT
     if a.labels != b.labels or not (np.array_equal(a.mask, b.mask) and np.array_equal(a.targets[a.mask], b.targets[b.mask])):
         raise PredictionsError("the two were scored against different labels (another label policy or label set); "
                                "compare needs the same targets")
-    metrics = [label_metrics(p.probabilities, p.targets, p.mask, subjects=p.subject_ids, resamples=resamples, seed=seed)
-               for p in (a, b)]
+    metrics = [label_metrics(p.probabilities, p.targets, p.mask, subjects=p.subject_ids, resamples=resamples, seed=seed,
+                            labels=p.labels) for p in (a, b)]
     scored = sorted(set(scored_labels(metrics[0])) & set(scored_labels(metrics[1])))
     difference = paired_difference(a.probabilities, b.probabilities, a.targets, a.mask, a.subject_ids, scored,
                                    resamples, seed)

@@ -21,7 +21,8 @@ def seed_mean_interval(predictions: list[Predictions], resamples: int = DEFAULT_
     """
     first = predictions[0]
     ordered = [p.in_order_of(first.study_ids) for p in predictions]
-    scored = scored_labels(label_metrics(first.probabilities, first.targets, first.mask, resamples=0))
+    scored = scored_labels(label_metrics(first.probabilities, first.targets, first.mask, resamples=0,
+                                        labels=first.labels))
     if not scored:
         return None
     per_seed = mean_auroc_resamples([p.probabilities for p in ordered], first.targets, first.mask,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-from ..data.labels import LABELS, NUM_LABELS
+from ..data.labels import LABELS
 from .bootstrap import CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED, metric_intervals
 
 METRICS = ("auroc", "auprc", "f1")
@@ -30,21 +30,22 @@ def label_metrics(
     subjects: np.ndarray | None = None,
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
+    labels: tuple[str, ...] = LABELS,
 ) -> dict:
     """AUROC, AUPRC and F1 at ``threshold`` of every label over the rows whose ``mask`` is 1, with intervals.
 
-    ``probabilities``, ``targets`` (0/1) and ``mask`` (``None``: every row counts) are ``[S, 14]``.
+    ``probabilities``, ``targets`` (0/1) and ``mask`` (``None``: every row counts) are ``[S, len(labels)]``.
     A label whose counted rows hold a single class (or none), or that ``absent`` names (name ->
     reason), gets ``absent`` (the reason) instead of metrics and is left out of the means. AUROC and
     AUPRC, per label and mean, carry ``auroc_ci95`` / ``auprc_ci95``: 95 % bootstrap intervals over
     ``resamples`` seeded resamples of the patients ``subjects [S]`` (``None``: each study its own
     patient; ``resamples=0``: no intervals). Returns plain Python numbers only (JSON-serialisable).
     """
-    probabilities, targets, mask = _check_arrays(probabilities, targets, mask)
+    probabilities, targets, mask = _check_arrays(probabilities, targets, mask, len(labels))
     absent = absent or {}
     per_label = {
         name: _one_label(probabilities[:, k], targets[:, k], mask[:, k], threshold, absent.get(name))
-        for k, name in enumerate(LABELS)
+        for k, name in enumerate(labels)
     }
     metrics = {"studies": len(targets), "labels": per_label, "mean": _means(per_label)}
     if resamples > 0:
@@ -72,14 +73,14 @@ def _add_intervals(metrics: dict, probabilities, targets, mask, subjects, resamp
 
 
 def _check_arrays(
-    probabilities: np.ndarray, targets: np.ndarray, mask: np.ndarray | None
+    probabilities: np.ndarray, targets: np.ndarray, mask: np.ndarray | None, labels: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The three arrays as float64 / bool / bool ``[S, 14]`` (``ValueError`` when the shapes disagree)."""
+    """The three arrays as float64 / bool / bool ``[S, labels]`` (``ValueError`` when the shapes disagree)."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     targets = np.asarray(targets)
     mask = np.ones(targets.shape, dtype=bool) if mask is None else np.asarray(mask).astype(bool)
-    if probabilities.ndim != 2 or probabilities.shape[1] != NUM_LABELS:
-        raise ValueError(f"probabilities must have shape [studies, {NUM_LABELS}], not {list(probabilities.shape)}")
+    if probabilities.ndim != 2 or probabilities.shape[1] != labels:
+        raise ValueError(f"probabilities must have shape [studies, {labels}], not {list(probabilities.shape)}")
     if targets.shape != probabilities.shape or mask.shape != probabilities.shape:
         raise ValueError(
             f"probabilities {list(probabilities.shape)}, targets {list(targets.shape)} and "

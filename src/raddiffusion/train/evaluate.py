@@ -26,6 +26,7 @@ from ..results.metrics import scored_labels
 from ..results.predictions import read_predictions, write_predictions
 from ..results.runfiles import SUMMARY, TEST_METRICS, TEST_PREDICTIONS, is_finished
 from .checkpoint import load
+from .distributed import single_device
 from .finetune import finetune
 from .probe import DEFAULT_K, ProbeOptions, embed_split, score_vectors, write_probe
 
@@ -68,8 +69,11 @@ class Model:
 
 
 def evaluate(runs: list[Path], store_path: Path, out: Path, settings: EvaluateSettings,
-             device: torch.device = torch.device("cpu"), progress: bool = True) -> dict:
-    """Run (or finish) every cell of the grid into ``out``; return the evaluation written to evaluate.json."""
+             device: str | list[int] = "auto", progress: bool = True) -> dict:
+    """Run (or finish) every cell of the grid into ``out``; return the evaluation written to evaluate.json.
+
+    ``device`` as for fine-tuning (``auto``, ``cpu``, GPU numbers); probes embed on its first device.
+    """
     out, store = Path(out), open_store(store_path)
     models = [Model(name, path) for name, path in zip(model_names(runs), runs)]
     config = load(runs[0]).config
@@ -86,7 +90,7 @@ def evaluate(runs: list[Path], store_path: Path, out: Path, settings: EvaluateSe
             result = read_json(path / TEST_METRICS)
         else:
             if not path.with_suffix(".json").is_file():
-                train, evaluation = cell_vectors(vectors, model, config, store, settings, seed, device)
+                train, evaluation = cell_vectors(vectors, model, config, store, settings, seed, single_device(device))
                 options = ProbeOptions(method=PROBE_METHOD[method], label_fraction=fraction, seeds=(seed,),
                                        k=settings.k, resamples=settings.resamples)
                 metrics, predictions = score_vectors(train, evaluation, options, seed)
@@ -182,7 +186,7 @@ def summarise(cells: list[dict], store_path: Path, settings: EvaluateSettings, o
     write_json(out / EVALUATE_JSON, evaluation)
     with atomic_path(out / EVALUATE_TABLE) as tmp:
         tmp.write_text(format_evaluation(evaluation))
-    return evaluation
+    return read_json(out / EVALUATE_JSON)
 
 
 def summary_row(model: str, method: str, fraction: float, members: list[dict], settings: EvaluateSettings,
