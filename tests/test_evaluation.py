@@ -209,6 +209,11 @@ def test_evaluate_runs_the_grid_once_and_resumes(store, pretrained, tmp_path, mo
     cells = [c for c in evaluation["cells"] if (c["model"], c["method"], c["fraction"]) == (name, "probe", 1.0)]
     assert row["auroc"] == pytest.approx(np.mean([c["mean"]["auroc"] for c in cells]))
     assert row["auroc_ci95"][0] <= row["auroc"] <= row["auroc_ci95"][1]
+    compared = rows[(name, "finetune", 1.0)]["vs_baseline"]
+    assert compared["baseline"] == "from scratch" and compared["ci95"][0] <= compared["difference"] <= compared["ci95"][1]
+    assert compared["difference"] == pytest.approx(row_mean(rows, name, "finetune") - row_mean(rows, "from scratch",
+                                                                                             "finetune"))
+    assert "vs_baseline" not in rows[("random init", "probe", 1.0)]
     table = (out / "evaluate.txt").read_text()
     assert "from scratch, fine-tune" in table and "random init, linear probe" in table and "50 %" in table
     assert read_json(out / "evaluate.json") == evaluation
@@ -221,6 +226,11 @@ def test_evaluate_runs_the_grid_once_and_resumes(store, pretrained, tmp_path, mo
     monkeypatch.setattr(evaluate_module, "finetune", no_training)
     monkeypatch.setattr(evaluate_module, "score_vectors", no_training)
     assert evaluate([pretrained], store, out, settings, progress=False)["rows"] == evaluation["rows"]
+
+
+def row_mean(rows: dict, model: str, method: str) -> float:
+    """The seed-mean AUROC of a row at fraction 1 (the labels scored are the same for every row here)."""
+    return rows[(model, method, 1.0)]["auroc"]
 
 
 def test_cli_probe_knn_fraction_seeds_and_compare(store, pretrained, tmp_path, capsys):

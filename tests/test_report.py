@@ -246,3 +246,44 @@ def test_chromium_renders_the_report(runs, tmp_path):
                                   f"{done.stderr.decode(errors='replace')[-2000:]}")
     with Image.open(screenshot) as image:
         assert image.size == WINDOW and np.asarray(image.convert("L")).var() > 0
+
+
+def _prediction_file(path: Path, probabilities: np.ndarray, targets: np.ndarray) -> Path:
+    from raddiffusion.results.predictions import Predictions, write_predictions
+
+    n = len(targets)
+    write_predictions(Predictions(np.arange(n), np.arange(n), probabilities, targets, np.ones_like(targets, bool),
+                                  ("x", "y")), path)
+    return path
+
+
+def test_a_run_is_marked_best_only_beyond_noise(tmp_path):
+    from raddiffusion.visual.report import paired_best
+
+    rng = np.random.default_rng(0)
+    targets = (rng.random((120, 2)) < 0.5).astype(np.float32)
+    good = _prediction_file(tmp_path / "good.csv", targets + rng.normal(0, 0.3, targets.shape), targets)
+    same = _prediction_file(tmp_path / "same.csv", targets + rng.normal(0, 0.3, targets.shape), targets)
+    noise = _prediction_file(tmp_path / "noise.csv", rng.random(targets.shape), targets)
+    flags, text = paired_best(["good", "noise"], [good, noise])
+    assert flags == [True, False] and "good is marked best" in text and "good is better" in text
+    flags, text = paired_best(["good", "same"], [good, same])
+    assert flags == [False, False] and "within noise" in text
+    flags, text = paired_best(["good", "missing"], [good, tmp_path / "absent.csv"])
+    assert flags == [False, False] and "not every run has per-study predictions" in text
+
+
+def test_the_report_shows_an_evaluation_grid(runs, tmp_path):
+    from raddiffusion.fileio import write_json
+    from raddiffusion.visual.report import write_report
+
+    row = {"model": "vanilla", "method": "probe", "fraction": 0.1, "seeds": 3, "studies": 63, "auroc": 0.612,
+           "auroc_sd": 0.011, "auroc_ci95": [0.55, 0.67],
+           "vs_baseline": {"baseline": "random init", "difference": 0.051, "ci95": [0.012, 0.09], "within_noise": False}}
+    base = {**row, "model": "random init", "auroc": 0.561}
+    del base["vs_baseline"]
+    write_json(tmp_path / "grid" / "evaluate.json", {"split": "test", "settings": {"seeds": 3}, "rows": [row, base]})
+    out = write_report(list(runs), tmp_path / "report.html", evaluation=tmp_path / "grid")
+    text = out.read_text()
+    assert "Label-efficient evaluation" in text and "10 % of the labels" in text
+    assert "0.612 ± 0.011 [0.550, 0.670]" in text and "vs random init: +0.051 [+0.012, +0.090]" in text

@@ -326,13 +326,16 @@ def _add_report(commands) -> None:
     cmd.add_argument("--out", type=Path, metavar="FILE",
                      help="HTML file (default RUN/report.html, or report.html in the runs' common parent)")
     cmd.add_argument("--title", help="report title (default: the runs' names)")
+    cmd.add_argument("--evaluation", type=Path, metavar="DIR",
+                     help="also show the label-efficient grid written by `raddiffusion evaluate --out DIR`")
     cmd.set_defaults(handler=run_report)
 
 
 def run_report(args: argparse.Namespace, argv: list[str]) -> None:
     from .visual.report import default_report_path, write_report
 
-    out = write_report(args.runs, args.out or default_report_path(args.runs), store=args.store, title=args.title)
+    out = write_report(args.runs, args.out or default_report_path(args.runs), store=args.store, title=args.title,
+                       evaluation=args.evaluation)
     print(f"report: {out} ({len(args.runs)} run{'s' if len(args.runs) != 1 else ''})")
 
 

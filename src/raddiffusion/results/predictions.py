@@ -16,6 +16,7 @@ from ..fileio import atomic_path
 
 PROBABILITY_PREFIX, TARGET_PREFIX = "prob:", "true:"
 ID_COLUMNS = ("study_id", "subject_id")
+PREDICTIONS_SUFFIX = ".predictions.csv"  # beside a probe result: NAME.json -> NAME.predictions.csv
 PROBABILITY_DIGITS = 7
 
 

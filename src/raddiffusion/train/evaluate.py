@@ -21,9 +21,18 @@ from ..data.store import open_store
 from ..fileio import atomic_path, read_json, write_json
 from ..models import from_config
 from ..results.bootstrap import DEFAULT_RESAMPLES
-from ..results.evaluation import EVALUATE_JSON, EVALUATE_TABLE, RANDOM_INIT, SCRATCH, format_evaluation, seed_mean_interval
+from ..results.evaluation import (
+    BASELINE_OF,
+    EVALUATE_JSON,
+    EVALUATE_TABLE,
+    RANDOM_INIT,
+    SCRATCH,
+    format_evaluation,
+    seed_mean_difference,
+    seed_mean_interval,
+)
 from ..results.metrics import scored_labels
-from ..results.predictions import read_predictions, write_predictions
+from ..results.predictions import PREDICTIONS_SUFFIX, read_predictions
 from ..results.runfiles import SUMMARY, TEST_METRICS, TEST_PREDICTIONS, is_finished
 from .checkpoint import load
 from .distributed import single_device
@@ -33,7 +42,6 @@ from .probe import DEFAULT_K, ProbeOptions, embed_split, score_vectors, write_pr
 CELLS = "cells"
 METHODS = ("probe", "knn", "finetune")
 PROBE_METHOD = {"probe": "linear", "knn": "knn"}
-CELL_PREDICTIONS = ".predictions.csv"
 
 
 @dataclass(frozen=True)
@@ -166,7 +174,7 @@ def finetune_cell(model: Model, config, store_path: Path, run: Path, fraction: f
 
 def cell_record(model: Model, method: str, fraction: float, seed: int, result: dict, path: Path, out: Path) -> dict:
     """One finished cell: what it is, its mean metrics with intervals, where its files are."""
-    predictions = path / TEST_PREDICTIONS if method == "finetune" else path.with_suffix(CELL_PREDICTIONS)
+    predictions = path / TEST_PREDICTIONS if method == "finetune" else path.with_suffix(PREDICTIONS_SUFFIX)
     return {"model": display_name(model, method), "method": method, "fraction": fraction, "seed": seed,
             "studies": result["studies"], "mean": result["mean"], "labels_absent": sorted(
                 name for name, entry in result["labels"].items() if "absent" in entry),
@@ -181,6 +189,14 @@ def summarise(cells: list[dict], store_path: Path, settings: EvaluateSettings, o
         groups.setdefault((cell["model"], cell["method"], cell["fraction"]), []).append(cell)
     for (model, method, fraction), members in groups.items():
         rows.append(summary_row(model, method, fraction, members, settings, out))
+    for row in rows:
+        baseline = groups.get((BASELINE_OF[row["method"]], row["method"], row["fraction"]))
+        if baseline is not None and row["model"] != BASELINE_OF[row["method"]]:
+            mine = groups[(row["model"], row["method"], row["fraction"])]
+            compared = seed_mean_difference(*([read_predictions(out / c["predictions"]) for c in cells]
+                                              for cells in (mine, baseline)), settings.resamples)
+            if compared is not None:
+                row["vs_baseline"] = {"baseline": BASELINE_OF[row["method"]], **compared}
     evaluation = {"store": str(store_path), "split": settings.split, "settings": asdict(settings),
                   "rows": rows, "cells": cells}
     write_json(out / EVALUATE_JSON, evaluation)

@@ -35,12 +35,11 @@ from .loop import (
 )
 from ..results.metrics import format_metric
 from .optim import build_optimizer, set_learning_rate, warmup_cosine
-from .probe import probe, write_probe
+from .probe import probe_with_predictions, write_probe
 from ..visual.study import ANIMATION, FIGURES, reconstruction_figures, reference_study
-from ..results.runfiles import CHECKPOINT, CONFIG, SUMMARY
+from ..results.runfiles import CHECKPOINT, CONFIG, PROBE_DIR, SUMMARY
 from .runs import MetricsLog, check_requested, load_checkpoint, save_checkpoint
 
-PROBE_DIR = "probe"
 PROBE_BATCH_STUDIES = 64
 MAY_CHANGE_ON_RESUME = {"probe_every", "save_every", "workers", "compile", "reference_study"}  # weights unchanged
 
@@ -202,10 +201,11 @@ def _resolve_model(stored: dict | None, requested: dict, run_dir: Path) -> Model
 def _probe(net, store, epoch: int, settings: PretrainSettings, process, run_dir: Path, progress: bool) -> None:
     """Linear probe of the frozen encoder (train -> validate) by the main process; the others wait."""
     if process.is_main:
-        metrics = probe(unwrap(net), store, label_policy=settings.label_policy, batch_size=PROBE_BATCH_STUDIES,
-                        device=process.device, seed=settings.seed, progress=progress)
+        metrics, predictions = probe_with_predictions(unwrap(net), store, label_policy=settings.label_policy,
+                                                      batch_size=PROBE_BATCH_STUDIES, device=process.device,
+                                                      seed=settings.seed, progress=progress)
         metrics["epoch"] = epoch
-        write_probe(metrics, run_dir / PROBE_DIR / f"epoch_{epoch:03d}.json")
+        write_probe(metrics, run_dir / PROBE_DIR / f"epoch_{epoch:03d}.json", predictions)
         mean = metrics["mean"]
         if progress:
             tqdm.write(f"probe after epoch {epoch}: mean AUROC {format_metric(mean['auroc'])}, "

@@ -20,14 +20,13 @@ from ..data.studies import StudyDataset, collate_studies
 from ..fileio import atomic_path, write_json
 from ..results.bootstrap import DEFAULT_RESAMPLES
 from ..results.metrics import METRICS, format_interval, format_metric, format_table, label_metrics
-from ..results.predictions import Predictions, write_predictions
+from ..results.predictions import PREDICTIONS_SUFFIX, Predictions, write_predictions
 
 MAX_ITER = 1000  # logistic-regression solver iterations
 ONE_CLASS_IN_TRAIN = "only one class in train"
 TABLE_SUFFIX = ".txt"
 PROBE_METHODS = ("linear", "knn")
 DEFAULT_K = 20  # neighbours of the kNN probe
-PREDICTIONS_SUFFIX = ".predictions.csv"
 KNN_CHUNK = 256  # eval rows whose similarities to all train rows are held at once
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 from matplotlib.axes import Axes
 
+from ..results.runfiles import CONFIG, PROBE_DIR
 from .reconstruction import framed_figure, save_figure
 
-PROBE_DIR, PROBE_GLOB, CONFIG_FILE = "probe", "epoch_*.json", "config.json"
+PROBE_GLOB = "epoch_*.json"
 CHANCE_AUROC = 0.5
 METRICS = (("auroc", "mean AUROC"), ("auprc", "mean AUPRC"))
 CURVE_PANEL = (5.0, 3.6)  # inches
@@ -48,7 +49,7 @@ def read_probe_history(run_dir: Path) -> list[dict]:
 def run_scheme(run_dir: Path) -> str | None:
     """The run's ``model.scheme`` from its ``config.json``, or ``None`` when it cannot be read."""
     try:
-        config = json.loads((Path(run_dir) / CONFIG_FILE).read_text())
+        config = json.loads((Path(run_dir) / CONFIG).read_text())
         scheme = config["model"]["scheme"]
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -24,8 +24,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
 from ..fileio import atomic_path, read_json
-from ..results.metrics import DECIMALS, METRICS
-from ..results.runfiles import CONFIG, SUMMARY, read_metrics
+from ..results.compare import compare_predictions, verdict
+from ..results.evaluation import EVALUATE_JSON, METHOD_NAMES, fraction_name, row_text
+from ..results.metrics import CI_SUFFIX, DECIMALS, METRICS, format_interval
+from ..results.predictions import PREDICTIONS_SUFFIX, PredictionsError, read_predictions
+from ..results.metrics import label_metrics
+from ..results.runfiles import CONFIG, PROBE_DIR, SUMMARY, TEST_PREDICTIONS, read_metrics
 from ..results.runfiles import METRICS as METRICS_FILE
 from .curves import (
     AXIS_INCHES,
@@ -56,6 +60,8 @@ NO_SETTING = "–"
 STEP_ALPHA, STEP_WIDTH, EPOCH_MARKER, VAL_MARKER = 0.35, 0.8, "o", "s"
 LOG_SCALE_RATIO = 20.0  # a loss panel spanning more than this factor gets a log y axis
 LABEL_SIZE = 9
+EVALUATION_WIDTH, EVALUATION_HEIGHT = 7.0, 4.0  # inches
+CHANCE_AUROC = 0.5
 SMALL_IMAGE_PX, MAX_ENLARGEMENT = 480, 4  # images narrower than this are enlarged (tiny studies' GIFs)
 TIME_FORMAT = "%Y-%m-%d %H:%M UTC"
 
@@ -601,11 +607,47 @@ def best_flags(values: list[object]) -> list[bool]:
     return [is_number(v) and v == max(finite) for v in values]
 
 
+def paired_best(labels: list[str], files: list[Path | None]) -> tuple[list[bool], str]:
+    """Which run, if any, has a mean AUROC higher than every other's beyond noise, and a sentence saying so.
+
+    The run with the highest mean AUROC is compared with each other run on their per-study
+    predictions (paired patient bootstrap); it is marked best only when every interval of the
+    difference excludes 0. Runs without comparable predictions are never marked.
+    """
+    none = [False] * len(files)
+    if len(files) < 2:
+        return none, ""
+    if any(f is None or not f.is_file() for f in files):
+        return none, "No run is marked best: not every run has per-study predictions to compare."
+    try:
+        predictions = [read_predictions(f) for f in files]
+        means = [label_metrics(p.probabilities, p.targets, p.mask, resamples=0, labels=p.labels)["mean"]["auroc"]
+                 for p in predictions]
+        top = max(range(len(files)), key=lambda k: -1.0 if means[k] is None else means[k])
+        results = [(k, compare_predictions(predictions[top], predictions[k])["difference"])
+                   for k in range(len(files)) if k != top]
+    except PredictionsError as error:
+        return none, f"No run is marked best: {error}."
+    parts = [f"{labels[top]} − {labels[k]} = {d['difference']:+.3f} {format_interval(d['ci95'])}: "
+             f"{verdict(d, labels[top], labels[k])}" for k, d in results]
+    established = all(not d["within_noise"] for _, d in results)
+    flags = [established and k == top for k in range(len(files))]
+    outcome = f"{labels[top]} is marked best." if established else "No run is marked best (within noise)."
+    return flags, ("Mean AUROC, paired patient bootstrap (95 %): " + "; ".join(parts) + ". " + outcome)
+
+
+def interval_row(name: str, intervals: list[object]) -> str:
+    """A row of ``[low, high]`` intervals, one per run (``n/a`` where there is none)."""
+    cells = "".join(f'<td class="num">{esc(format_interval(v))}</td>' if isinstance(v, list) and len(v) == 2
+                    else f'<td class="na">{MISSING_VALUE}</td>' for v in intervals)
+    return f"<tr><th>{esc(name)}</th>{cells}</tr>"
+
+
 def metric_row(name: str, values: list[object], reasons: list[str | None] | None = None, mean: bool = False,
-               highlight: bool = True) -> str:
-    """A row of one number per run; with ``highlight`` the best of several runs is in bold."""
+               highlight: bool = False, flags: list[bool] | None = None) -> str:
+    """A row of one number per run; bold where ``flags`` says (or, with ``highlight``, the highest of several)."""
     reasons = reasons or [None] * len(values)
-    flags = best_flags(values) if highlight else [False] * len(values)
+    flags = flags or (best_flags(values) if highlight else [False] * len(values))
     cells = "".join(number_cell(v, DECIMALS, best, reason) for v, best, reason in zip(values, flags, reasons))
     return f'<tr{" class=mean" if mean else ""}><th>{esc(name)}</th>{cells}</tr>'
 
@@ -622,16 +664,26 @@ def probe_table(runs: list[RunFiles], histories: list[list[dict]]) -> str:
         rows.append(metric_row(name, [e.get("auroc") for e in entries], [e.get("absent") for e in entries]))
     last_auroc, first_auroc = [mean_of(r, "auroc") for r in lasts], [mean_of(r, "auroc") for r in firsts]
     gains = [a - b if is_number(a) and is_number(b) else None for a, b in zip(last_auroc, first_auroc)]
-    rows += [metric_row("mean AUROC", last_auroc, mean=True),
-             metric_row("mean AUROC, epoch 0 (initialised encoder)", first_auroc, highlight=False),
+    flags, _ = probe_comparison(runs, lasts)
+    rows += [metric_row("mean AUROC", last_auroc, mean=True, flags=flags),
+             interval_row("mean AUROC, 95 % interval", [mean_of(r, "auroc" + CI_SUFFIX) for r in lasts]),
+             metric_row("mean AUROC, epoch 0 (initialised encoder)", first_auroc),
              metric_row("gain over the initialised encoder", gains),
              metric_row("mean AUPRC", [mean_of(r, "auprc") for r in lasts]),
-             metric_row("mean AUPRC, epoch 0", [mean_of(r, "auprc") for r in firsts], highlight=False),
+             interval_row("mean AUPRC, 95 % interval", [mean_of(r, "auprc" + CI_SUFFIX) for r in lasts]),
+             metric_row("mean AUPRC, epoch 0", [mean_of(r, "auprc") for r in firsts]),
              count_row("labels scored", [mean_of(r, "labels") for r in lasts]),
              count_row("train / evaluated studies", [studies_text(r) for r in lasts])]
     header = ["label", *(f"{run.label}: AUROC, epoch {last['epoch']}" if last else f"{run.label}: no probe"
                          for run, last in zip(runs, lasts))]
     return table(header, rows)
+
+
+def probe_comparison(runs: list[RunFiles], lasts: list[dict | None]) -> tuple[list[bool], str]:
+    """:func:`paired_best` of the runs' last probes (their ``epoch_NNN.predictions.csv``)."""
+    files = [run.pretrain / PROBE_DIR / f"epoch_{last['epoch']:03d}{PREDICTIONS_SUFFIX}" if run.pretrain and last
+             else None for run, last in zip(runs, lasts)]
+    return paired_best([run.label for run in runs], files)
 
 
 def studies_text(record: dict | None) -> str | None:
@@ -660,6 +712,8 @@ def probe_section(runs: list[RunFiles], bars_dirs: list[Path]) -> str:
                                          [run.label for run, _ in probed])
             body += file_figure(curves, "linear probe: mean AUROC and AUPRC by epoch")
         body += probe_table(runs, histories)
+        comparison = probe_comparison(runs, [h[-1] if h else None for h in histories])[1]
+        body += note(comparison) if comparison else ""
         body += bars_figure_html([d for d, h in zip(bars_dirs, histories) if h])
     if absent:
         body += missing(f"no probe results ({PROBE_FILES}) for: {', '.join(absent)}")
@@ -698,13 +752,15 @@ def finetune_test_section(runs: list[RunFiles]) -> str:
     absent = [run.label for run, result in zip(runs, results) if not result]
     body = ""
     if shown:
-        body = finetune_test_table(shown)
+        flags, comparison = paired_best([run.label for run, _ in shown],
+                                        [run.finetune / TEST_PREDICTIONS for run, _ in shown])
+        body = finetune_test_table(shown, flags) + (note(comparison) if comparison else "")
     if absent:
         body += missing(f"no {TEST_METRICS} for: {', '.join(absent)}")
     return section("test", "Fine-tuning: test split", body)
 
 
-def finetune_test_table(shown: list[tuple[RunFiles, dict]]) -> str:
+def finetune_test_table(shown: list[tuple[RunFiles, dict]], best: list[bool]) -> str:
     """Labels as rows; per run one column per metric; the means last."""
     names = list(dict.fromkeys(n for _, result in shown if isinstance(result.get("labels"), dict)
                                for n in result["labels"]))
@@ -714,16 +770,87 @@ def finetune_test_table(shown: list[tuple[RunFiles, dict]]) -> str:
     second = "<tr>" + "".join(f"<th>{m.upper()}</th>" for _ in shown for m in METRICS) + "</tr>"
     rows = [finetune_test_row(name, [probe_entry(result, name) for _, result in shown]) for name in names]
     means = [result.get("mean") if isinstance(result.get("mean"), dict) else {} for _, result in shown]
-    rows.append(finetune_test_row("mean", means, mean=True))
+    rows.append(finetune_test_row("mean", means, mean=True, best=best))
+    rows.append(finetune_interval_row(means))
     return table([], rows, header_rows=[top, second])
 
 
-def finetune_test_row(name: str, entries: list[dict], mean: bool = False) -> str:
-    """One row of the test table: every run's metrics, the best of several runs in bold."""
-    best = {metric: best_flags([entry.get(metric) for entry in entries]) for metric in METRICS}
-    cells = "".join(number_cell(entry.get(metric), best=best[metric][k], reason=entry.get("absent"))
+def finetune_test_row(name: str, entries: list[dict], mean: bool = False, best: list[bool] | None = None) -> str:
+    """One row of the test table: every run's metrics; a run's mean AUROC in bold when it is ``best``."""
+    best = best or [False] * len(entries)
+    cells = "".join(number_cell(entry.get(metric), best=best[k] and metric == "auroc", reason=entry.get("absent"))
                     for k, entry in enumerate(entries) for metric in METRICS)
     return f'<tr{" class=mean" if mean else ""}><th>{esc(name)}</th>{cells}</tr>'
+
+
+def finetune_interval_row(means: list[dict]) -> str:
+    """The 95 % intervals of each run's mean AUROC and AUPRC (F1 has none)."""
+    cells = "".join(f'<td class="num">{esc(format_interval(mean.get(metric + CI_SUFFIX)))}</td>'
+                    for mean in means for metric in METRICS)
+    return f"<tr><th>95 % interval</th>{cells}</tr>"
+
+
+def evaluation_section(directory: Path) -> str:
+    """The label-efficient grid of ``raddiffusion evaluate``: its figure, its table and what pretraining added."""
+    evaluation = read_optional(directory / EVALUATE_JSON)
+    if evaluation is None or not isinstance(evaluation.get("rows"), list) or not evaluation["rows"]:
+        return section("evaluation", "Label-efficient evaluation", missing(f"no readable {directory / EVALUATE_JSON}"))
+    rows = evaluation["rows"]
+    settings = evaluation.get("settings", {})
+    body = note(f"Mean AUROC on the {evaluation.get('split', 'test')} split ({rows[0].get('studies')} studies) by "
+                f"share of the train labels used: mean over {settings.get('seeds', '?')} seeds ± sd, and the 95 % "
+                f"patient-bootstrap interval of the seed mean. The difference from the baseline (random init for "
+                f"probes, from scratch for fine-tuning) is paired: the same patient resamples score both.")
+    body += image_figure(evaluation_figure(rows), "image/png", "mean AUROC by label fraction")
+    body += evaluation_table(rows)
+    return section("evaluation", "Label-efficient evaluation", body)
+
+
+def evaluation_table(rows: list[dict]) -> str:
+    """(model, method) rows × fraction columns: ``mean ± sd [interval]`` and the difference from the baseline."""
+    fractions = sorted({r["fraction"] for r in rows})
+    keys = list(dict.fromkeys((r["model"], r["method"]) for r in rows))
+    by_key = {(r["model"], r["method"], r["fraction"]): r for r in rows}
+    lines = []
+    for model, method in keys:
+        cells = ""
+        for fraction in fractions:
+            row = by_key.get((model, method, fraction))
+            cells += f'<td class="num">{esc(row_text(row))}{baseline_line(row)}</td>'
+        lines.append(f"<tr><th>{esc(model)}, {esc(METHOD_NAMES.get(method, method))}</th>{cells}</tr>")
+    return table(["model, method", *(f"{fraction_name(f)} of the labels" for f in fractions)], lines)
+
+
+def baseline_line(row: dict | None) -> str:
+    """A second line in a cell: the paired difference from the baseline, green when it is beyond noise."""
+    compared = (row or {}).get("vs_baseline")
+    if not compared or not compared.get("ci95"):
+        return ""
+    low, high = compared["ci95"]
+    text = f"vs {compared['baseline']}: {compared['difference']:+.3f} [{low:+.3f}, {high:+.3f}]"
+    text += " within noise" if compared["within_noise"] else ""
+    return f"<br><small>{f'<b class=best>{esc(text)}</b>' if not compared['within_noise'] else esc(text)}</small>"
+
+
+def evaluation_figure(rows: list[dict]) -> bytes:
+    """Mean AUROC against the label fraction (log axis), one line per model and method, bars = sd over seeds."""
+    figure, axes = framed_figure(1, 1, "Label-efficient evaluation", "error bars: sd over seeds; dotted: chance",
+                                 panel=(EVALUATION_WIDTH, EVALUATION_HEIGHT), left=CURVE_LEFT, axis=AXIS_INCHES)
+    ax = axes[0, 0]
+    for model, method in dict.fromkeys((r["model"], r["method"]) for r in rows):
+        line = sorted((r for r in rows if (r["model"], r["method"]) == (model, method) and is_number(r.get("auroc"))),
+                      key=lambda r: r["fraction"])
+        if line:
+            ax.errorbar([r["fraction"] for r in line], [r["auroc"] for r in line],
+                        yerr=[r.get("auroc_sd") or 0.0 for r in line], marker="o", capsize=3,
+                        label=f"{model}, {METHOD_NAMES.get(method, method)}")
+    ax.set_xscale("log")
+    ax.axhline(CHANCE_AUROC, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xlabel("share of the train labels used")
+    ax.set_ylabel("mean AUROC")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=LABEL_SIZE - 1)
+    return figure_png(figure)
 
 
 def reconstruction_column(run: RunFiles) -> str:
@@ -766,7 +893,8 @@ def figures_sections(runs: list[RunFiles]) -> str:
 
 
 NAVIGATION = (("runs", "Runs"), ("configuration", "Configuration"), ("data", "Data"), ("losses", "Losses"),
-              ("probe", "Linear probe"), ("test", "Test"), ("reconstructions", "Reconstructions"),
+              ("probe", "Linear probe"), ("test", "Test"), ("evaluation", "Evaluation"),
+              ("reconstructions", "Reconstructions"),
               ("animation", "Animation"), ("attention", "Attention"))
 
 
@@ -780,12 +908,13 @@ def header_html(title: str, runs: list[RunFiles]) -> str:
             f"from the run files.</p><nav>{links}</nav></header>")
 
 
-def report_html(runs: list[RunFiles], title: str, store: Path | None, link_root: Path) -> str:
+def report_html(runs: list[RunFiles], title: str, store: Path | None, link_root: Path,
+                evaluation: Path | None = None) -> str:
     """The whole HTML document."""
     body = "".join([
         header_html(title, runs), runs_section(runs), configuration_section(runs), data_section(runs, store),
         losses_section(runs), probe_section(runs, labelled_links(runs, link_root)), finetune_test_section(runs),
-        figures_sections(runs),
+        evaluation_section(evaluation) if evaluation else "", figures_sections(runs),
     ])
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -806,10 +935,12 @@ def common_directory(runs: list[Path]) -> Path:
     return Path(os.path.commonpath([Path(run).resolve() for run in runs]))
 
 
-def write_report(runs: list[Path], out: Path, store: Path | None = None, title: str | None = None) -> Path:
+def write_report(runs: list[Path], out: Path, store: Path | None = None, title: str | None = None,
+                 evaluation: Path | None = None) -> Path:
     """Write one self-contained HTML report of ``runs`` to ``out`` (atomically); returns ``out``.
 
-    ``store`` is used for the data summary (default: the store named in each run's config). Missing
+    ``store`` is used for the data summary (default: the store named in each run's config);
+    ``evaluation`` is a folder written by ``raddiffusion evaluate``, shown as its own section. Missing
     files are named in the report; ``ValueError`` only when no run is given.
     """
     if not runs:
@@ -817,7 +948,7 @@ def write_report(runs: list[Path], out: Path, store: Path | None = None, title: 
     found = find_runs(runs)
     title = title or "Run report: " + " vs ".join(run.label for run in found)
     with tempfile.TemporaryDirectory() as links:
-        document = report_html(found, title, store, Path(links))
+        document = report_html(found, title, store, Path(links), evaluation)
     out = Path(out)
     with atomic_path(out) as tmp:
         tmp.write_text(document, encoding="utf-8")
