@@ -1,7 +1,6 @@
 """The label-efficient protocol, kNN probe, predictions files, paired comparison, fine-tuning recipe, evaluate grid."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,27 +17,14 @@ from raddiffusion.results.predictions import Predictions, PredictionsError, read
 from raddiffusion.results.runfiles import read_metrics
 from raddiffusion.train.evaluate import EvaluateSettings, evaluate
 from raddiffusion.train.finetune import finetune, finetune_seeds
-from raddiffusion.train.pretrain import pretrain
 from raddiffusion.train.runs import RunError
-from raddiffusion.train.probe import ProbeOptions, knn_scores, probe_with_predictions
+from raddiffusion.train.probe import knn_scores, probe_with_predictions
 
-from test_finetune import BASE_TRAIN, ORIGINAL_RECIPE, SIZE, TINY, TRAIN_STUDIES, _write_store
+from test_finetune import BASE_TRAIN, ORIGINAL_RECIPE, TINY, TRAIN_STUDIES, pretrained, store  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 LABEL_NAMES = ("a", "b", "c")
 RESIZED = 96  # fine-tuning at another image size than pretraining
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    return _write_store(tmp_path_factory.mktemp("evaluation"))
-
-
-@pytest.fixture(scope="module")
-def pretrained(store, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("pretrained") / "run"
-    pretrain(store, run, model=TINY, train=BASE_TRAIN | {"epochs": 1, "probe_every": 0}, device="cpu", progress=False)
-    return run
 
 
 def _cohort(patients: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

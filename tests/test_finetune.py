@@ -33,7 +33,8 @@ TINY = {"preset": "xs", "scheme": "vanilla", "image_size": SIZE, "patch_size": 1
 TRAIN_STUDIES, VALIDATE_STUDIES, TEST_STUDIES = 24, 8, 4  # labelled; one more train study has no CheXpert row
 BATCH = 4
 STEPS_PER_EPOCH = TRAIN_STUDIES // BATCH
-ORIGINAL_RECIPE = {"head_init": "random", "head_lr_scale": 1.0, "layer_decay": 1.0, "drop_path": 0.0, "augment": False}
+ORIGINAL_RECIPE = {"head_init": "random", "head_lr_scale": 1.0, "layer_decay": 1.0, "drop_path": 0.0, "augment": False,
+                   "select_on": "loss"}
 BASE_TRAIN = {"batch_size": BATCH, "workers": 0, "save_every": 100, "lr": 1e-3}
 FINETUNED = {"epochs": 2, "lr": 3e-3}  # the run of the `finetuned` fixture
 UNCERTAIN_EVERY = 5  # Edema is uncertain (-1) in studies s % 5 == 0
@@ -205,14 +206,14 @@ def finetuned(store, pretrained, tmp_path_factory) -> tuple[Path, dict, list[dic
     """A 2-epoch run from the pretrained encoder, with the weights seen at each epoch's validation."""
     run = tmp_path_factory.mktemp("finetuned") / "run"
     seen: list[dict] = []
-    real = finetune_module.evaluate_loss
+    real = finetune_module.evaluate_validation
 
     def spy(model, *args, **kwargs):
         seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         return real(model, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(finetune_module, "evaluate_loss", spy)
+        patch.setattr(finetune_module, "evaluate_validation", spy)
         summary = _finetune(store, run, pretrained, **FINETUNED)
     return run, summary, seen
 
@@ -277,7 +278,7 @@ def test_best_weights_are_kept_when_later_epochs_are_worse(store, pretrained, tm
 
     def scripted_loss(model, *args, **kwargs):
         seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-        return next(scripted)
+        return {"loss": next(scripted), "auroc": None}
 
     real_test, tested = finetune_module.evaluate_test_split, []
 
@@ -285,7 +286,7 @@ def test_best_weights_are_kept_when_later_epochs_are_worse(store, pretrained, tm
         tested.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         return real_test(model, *args, **kwargs)
 
-    monkeypatch.setattr(finetune_module, "evaluate_loss", scripted_loss)
+    monkeypatch.setattr(finetune_module, "evaluate_validation", scripted_loss)
     monkeypatch.setattr(finetune_module, "evaluate_test_split", spy_test)
     run = tmp_path / "run"
     summary = _finetune(store, run, pretrained, epochs=4, patience=1)
@@ -341,8 +342,13 @@ RESUMED = {"epochs": 3, "patience": 1, "save_every": 2, "lr": 3e-3}
 def _rising_validation_loss(monkeypatch: pytest.MonkeyPatch) -> None:
     """The negated real validation loss: it falls as the model learns, so the negation rises after epoch 1 and
     a resumed run must know its best loss so far (and its epochs without improvement) to decide as the reference."""
-    real = finetune_module.evaluate_loss
-    monkeypatch.setattr(finetune_module, "evaluate_loss", lambda *args, **kwargs: -real(*args, **kwargs))
+    real = finetune_module.evaluate_validation
+
+    def negated(*args, **kwargs) -> dict:
+        validation = real(*args, **kwargs)
+        return {**validation, "loss": -validation["loss"]}
+
+    monkeypatch.setattr(finetune_module, "evaluate_validation", negated)
 
 
 @pytest.fixture(scope="module")

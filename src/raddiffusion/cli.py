@@ -443,7 +443,7 @@ def _add_reconstruct(commands) -> None:
 def _add_compare(commands) -> None:
     cmd = commands.add_parser(
         "compare", help="is one model really better than another? paired bootstrap of mean AUROC",
-        description="Compare two models scored on the same studies: both mean AUROC / AUPRC with 95%% intervals, "
+        description="Compare two models scored on the same studies: both mean AUROC / AUPRC with 95 % intervals, "
         "and the difference A − B with its paired bootstrap interval (the same patient resamples for both). "
         "A difference whose interval holds 0 is reported 'within noise'. A and B are fine-tuning runs (their "
         "test_predictions.csv), predictions CSV files, or, with --store, pretraining runs or models that are "
@@ -465,7 +465,7 @@ def _add_evaluate(commands) -> None:
         "evaluate", help="the label-efficient grid: models × methods × label fractions × seeds, one table",
         description="Evaluate pretraining runs by linear probe (--probe, the default), kNN probe (--knn) and "
         "fine-tuning (--finetune) on seeded patient-level subsets of the train labels (--fractions), each "
-        "repeated over --seeds, all scored on --split with 95%% patient-bootstrap intervals. --baselines adds a "
+        "repeated over --seeds, all scored on --split with 95 % patient-bootstrap intervals. --baselines adds a "
         "randomly initialised encoder (probed) and supervised training from scratch (fine-tuned), so the table "
         "says what pretraining added. Every cell is kept in OUT/cells; re-running skips finished cells and resumes "
         "an interrupted fine-tuning. Writes OUT/evaluate.json and OUT/evaluate.txt (fraction × method table).",
@@ -484,6 +484,7 @@ def _add_evaluate(commands) -> None:
     cmd.add_argument("--split", default="test", choices=("validate", "test"), help="evaluated split (default test)")
     cmd.add_argument("--finetune-epochs", type=_positive_int, help="fine-tuning epochs (default 20)")
     cmd.add_argument("--batch-size", type=_positive_int, help="fine-tuning studies per step (default 64)")
+    cmd.add_argument("--workers", type=int, help="data-loading processes of each fine-tuning (default 4)")
     cmd.add_argument("--resamples", type=_positive_int, default=None, help="bootstrap resamples (default 1000)")
     cmd.add_argument("--device", nargs="+", default=["auto"], help="auto, cpu, cuda or a GPU number")
     cmd.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -744,7 +745,8 @@ def run_evaluate(args: argparse.Namespace, argv: list[str]) -> None:
     from .train.probe import DEFAULT_K
 
     methods = tuple(m for m in ("probe", "knn", "finetune") if getattr(args, m)) or ("probe",)
-    finetune = {k: v for k, v in (("epochs", args.finetune_epochs), ("batch_size", args.batch_size)) if v}
+    finetune = {k: v for k, v in (("epochs", args.finetune_epochs), ("batch_size", args.batch_size),
+                                  ("workers", args.workers)) if v is not None}
     settings = EvaluateSettings(fractions=args.fractions, seeds=args.seeds, methods=methods, baselines=args.baselines,
                                 split=args.split, k=args.k or DEFAULT_K, finetune=finetune,
                                 resamples=args.resamples or DEFAULT_RESAMPLES)

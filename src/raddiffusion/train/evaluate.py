@@ -31,9 +31,8 @@ from ..results.evaluation import (
     seed_mean_difference,
     seed_mean_interval,
 )
-from ..results.metrics import scored_labels
 from ..results.predictions import PREDICTIONS_SUFFIX, read_predictions
-from ..results.runfiles import SUMMARY, TEST_METRICS, TEST_PREDICTIONS, is_finished
+from ..results.runfiles import TEST_METRICS, TEST_PREDICTIONS, is_finished
 from .checkpoint import load
 from .distributed import single_device
 from .finetune import finetune

@@ -34,7 +34,7 @@ from ..fileio import atomic_path, read_json, write_json
 from ..models import StudyClassifier, model_config
 from ..models.presets import ModelConfig
 from ..results.bootstrap import DEFAULT_RESAMPLES
-from ..results.metrics import format_table, label_metrics
+from ..results.metrics import format_metric, format_table, label_metrics
 from ..results.predictions import Predictions, write_predictions
 from ..results.runfiles import CHECKPOINT, CONFIG, SUMMARY, TEST_METRICS, TEST_PREDICTIONS, is_finished
 from ..visual.study import ATTENTION, FIGURES, attention_map_figure
@@ -60,14 +60,17 @@ from .runs import MetricsLog, RunError, check_requested, load_checkpoint, save_c
 BEST_WEIGHTS = "model.safetensors"
 CPU = torch.device("cpu")  # augmentation parameters are drawn here, whatever the device
 EVAL_BATCH_STUDIES = 64
-MAY_CHANGE_ON_RESUME = {"save_every", "workers", "compile", "reference_study"}
+MAY_CHANGE_ON_RESUME = {"save_every", "workers", "compile", "reference_study", "resamples"}
 HEAD_INITS = ("probe", "random")
+SELECTION = ("auroc", "loss")
 RESIZABLE = ("image_size",)  # model options a fine-tuning may change from its pretrained model
 
 
 @dataclass(frozen=True)
 class FinetuneSettings:
-    """Fine-tuning settings; the defaults are the original recipe's (SPEC §4)."""
+    """Fine-tuning settings: loss, optimiser and schedule as the original recipe (SPEC §4); the recipe
+    on top of it (head initialisation, head learning rate, layer decay, drop path, augmentation) has
+    defaults chosen by measurement (BENCHMARKS.md)."""
 
     epochs: int = 20
     batch_size: int = 64  # studies per optimizer step, over all processes
@@ -75,7 +78,7 @@ class FinetuneSettings:
     lr: float = 5e-5
     weight_decay: float = 0.05
     warmup_fraction: float = 0.05
-    patience: int = 5  # epochs without a lower validation loss before stopping
+    patience: int = 5  # epochs without a better validation score before stopping
     save_every: int = 200
     workers: int = 4
     seed: int = 0
@@ -84,6 +87,7 @@ class FinetuneSettings:
     label_policy: str = "ones"
     max_views: int | None = None
     reference_study: int | None = None  # its attention maps are drawn; default: first validation study, 2+ views
+    select_on: str = "auroc"  # the best epoch: highest validation mean AUROC, or lowest validation "loss"
     head_init: str = "probe"  # "probe": the head starts as the linear probe of the initial encoder; "random"
     head_warmup_epochs: int = 0  # epochs in which only the head learns (the encoder's learning rate is 0)
     head_lr_scale: float = 10.0  # the head's learning rate is lr times this
@@ -100,6 +104,8 @@ class FinetuneSettings:
     def __post_init__(self) -> None:
         check_precision(self.precision)
         check_fraction(self.label_fraction)
+        if self.select_on not in SELECTION:
+            raise ValueError(f"select_on must be one of {', '.join(SELECTION)}, not {self.select_on!r}")
         if self.head_init not in HEAD_INITS:
             raise ValueError(f"head_init must be one of {', '.join(HEAD_INITS)}, not {self.head_init!r}")
         if self.head_warmup_epochs < 0 or self.head_lr_scale <= 0 or not 0 < self.layer_decay <= 1:
@@ -174,16 +180,16 @@ def finetune(
     optimizer = build_classifier_optimizer(net, settings.lr, settings.weight_decay, settings.layer_decay,
                                            settings.head_lr_scale)
     checkpoint = run_dir / CHECKPOINT
-    state = {"step": 0, "epoch_loss": 0.0, "best_val_loss": None, "best_epoch": 0, "bad_epochs": 0,
-             "epochs_run": 0, "seconds": 0.0}
+    state = {"step": 0, "epoch_loss": 0.0, "best_val_loss": None, "best_score": None, "best_epoch": 0,
+             "bad_epochs": 0, "epochs_run": 0, "seconds": 0.0}
     if resume and checkpoint.is_file():
         state = load_checkpoint(checkpoint, net, optimizer)
     log = MetricsLog(run_dir, enabled=process.is_main)
     log.keep_until(state["step"])
     if state["step"] == 0 and settings.head_init == "probe":
         init_head_from_probe(net, train_set, process.device, progress and process.is_main)
-        state = _keep_if_best(state, evaluate_loss(net, val_set, weight, process.device, settings.precision), 0,
-                              net, run_dir, process, log, progress)
+        validation = evaluate_validation(net, val_set, weight, process.device, settings.precision)
+        state = _keep_if_best(state, validation, settings.select_on, 0, net, run_dir, process, log, progress)
     trainer = wrap_for_training(net, process, settings.compile)
     total_steps = settings.epochs * steps_per_epoch
     augmentation = settings.augmentation()
@@ -221,9 +227,9 @@ def finetune(
             if (step + 1) % settings.save_every == 0 and step_in_epoch + 1 < steps_per_epoch and process.is_main:
                 save_checkpoint(checkpoint, net, optimizer, state)
         bar.close()
-        val_loss = evaluate_loss(net, val_set, weight, process.device, settings.precision)
+        validation = evaluate_validation(net, val_set, weight, process.device, settings.precision)
         state["epochs_run"] = epoch + 1
-        state = _keep_if_best(state, val_loss, epoch + 1, net, run_dir, process, log, progress,
+        state = _keep_if_best(state, validation, settings.select_on, epoch + 1, net, run_dir, process, log, progress,
                               state["epoch_loss"] / steps_per_epoch)
         state["epoch_loss"] = 0.0
         if process.is_main:
@@ -231,7 +237,7 @@ def finetune(
         distributed.barrier(process)
 
     summary = {"command": "finetune", "epochs_run": state["epochs_run"], "best_epoch": state["best_epoch"],
-               "best_val_loss": state["best_val_loss"], "steps": state["step"], "seconds": round(state["seconds"], 1),
+               "selected_on": settings.select_on, "best_val_loss": state["best_val_loss"], "steps": state["step"], "seconds": round(state["seconds"], 1),
                "label_fraction": settings.label_fraction, "train_studies_used": len(train_set)}
     if process.is_main:
         best = load(run_dir / BEST_WEIGHTS).to(process.device)
@@ -264,19 +270,23 @@ def train_subset(train_set: StudyDataset, settings: FinetuneSettings) -> tuple[S
     return train_set.select(positions), lacking
 
 
-def _keep_if_best(state: dict, val_loss: float, epoch: int, net: StudyClassifier, run_dir: Path, process,
-                  log: MetricsLog, progress: bool, train_loss: float | None = None) -> dict:
-    """Record an epoch's validation loss; keep the weights as ``model.safetensors`` when it is the lowest yet."""
-    improved = state["best_val_loss"] is None or val_loss < state["best_val_loss"]
+def _keep_if_best(state: dict, validation: dict, select_on: str, epoch: int, net: StudyClassifier, run_dir: Path,
+                  process, log: MetricsLog, progress: bool, train_loss: float | None = None) -> dict:
+    """Record an epoch's validation loss and mean AUROC; keep the weights as ``model.safetensors`` when the
+    score chosen by ``select_on`` is the best yet (a validation split without a scored label: the loss)."""
+    score = validation["auroc"] if select_on == "auroc" and validation["auroc"] is not None else -validation["loss"]
+    best = state.get("best_score")
+    improved = best is None or score > best
     state = {**state, "bad_epochs": 0 if improved else state["bad_epochs"] + 1}
     if improved:
-        state.update(best_val_loss=val_loss, best_epoch=epoch)
+        state.update(best_score=score, best_val_loss=validation["loss"], best_epoch=epoch)
         if process.is_main:
             save_model(net, run_dir / BEST_WEIGHTS)
-    log.write({"kind": "epoch", "step": state["step"], "epoch": epoch, "loss": train_loss, "val_loss": val_loss,
-               "best": improved})
+    log.write({"kind": "epoch", "step": state["step"], "epoch": epoch, "loss": train_loss,
+               "val_loss": validation["loss"], "val_auroc": validation["auroc"], "best": improved})
     if progress and process.is_main:
-        tqdm.write(f"epoch {epoch}: validation loss {val_loss:.4f}"
+        tqdm.write(f"epoch {epoch}: validation loss {validation['loss']:.4f}, mean AUROC "
+                   f"{format_metric(validation['auroc'])}"
                    + (" (best so far)" if improved else f" ({state['bad_epochs']} without improvement)"))
     return state
 
@@ -327,12 +337,12 @@ def _initial_model(stored: dict | None, pretrained, requested: dict, run_dir: Pa
 
 
 @torch.no_grad()
-def evaluate_loss(model: torch.nn.Module, dataset: StudyDataset, weight: torch.Tensor, device: torch.device,
-                  precision: str) -> float:
-    """Mean masked BCE over a split (every process computes the same value)."""
+def evaluate_validation(model: torch.nn.Module, dataset: StudyDataset, weight: torch.Tensor, device: torch.device,
+                        precision: str) -> dict:
+    """Mean masked BCE (``loss``) and mean AUROC (``auroc``, None when no label is scored) over a split."""
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0.0
+    total, count, chunks = 0.0, 0.0, []
     loader = torch.utils.data.DataLoader(dataset, batch_size=EVAL_BATCH_STUDIES, collate_fn=collate_studies)
     for batch in loader:
         batch = to_device(batch, device)
@@ -341,8 +351,11 @@ def evaluate_loss(model: torch.nn.Module, dataset: StudyDataset, weight: torch.T
         mask = batch["label_mask"]
         total += float(masked_bce(logits, batch["labels"], mask, weight) * mask.sum())
         count += float(mask.sum())
+        chunks.append(torch.sigmoid(logits.float()).cpu().numpy())
     model.train(was_training)
-    return total / max(count, 1.0)
+    probabilities = np.concatenate(chunks) if chunks else np.zeros((0, len(LABELS)), np.float32)
+    auroc = label_metrics(probabilities, dataset.labels, dataset.label_mask, resamples=0)["mean"]["auroc"]
+    return {"loss": total / max(count, 1.0), "auroc": auroc}
 
 
 @torch.no_grad()

@@ -197,29 +197,15 @@ def score_vectors(train: SplitVectors, evaluate: SplitVectors, options: ProbeOpt
     return {**details, **metrics}, predictions
 
 
-def probe(
-    model: nn.Module,
-    store: Store,
-    train_split: str = "train",
-    eval_split: str = "validate",
-    label_policy: str = "ones",
-    batch_size: int = 64,
-    device: str | torch.device = "cpu",
-    num_workers: int = 0,
-    seed: int = 0,
-    progress: bool = True,
-    options: ProbeOptions | None = None,
-) -> dict:
+def probe(model: nn.Module, store: Store, **options) -> dict:
     """Probe of a (frozen) model: fit on the labelled studies of ``train_split``, score ``eval_split``.
 
-    ``options`` chooses linear or kNN, the label fraction, the seeds (default: ``seed`` alone) and
-    the bootstrap. Returns the :func:`label_metrics` dict of the eval split (of the first seed) plus
-    ``train_split``, ``eval_split``, ``train_studies`` and ``eval_studies``; with several seeds also
-    ``seeds`` (each seed's metrics) and ``over_seeds`` (mean and sd of the mean AUROC / AUPRC).
-    ``ValueError`` if a split has no labelled study.
+    Takes the options of :func:`probe_with_predictions`. Returns the :func:`label_metrics` dict of the
+    eval split (of the first seed) plus ``train_split``, ``eval_split``, ``train_studies`` and
+    ``eval_studies``; with several seeds also ``seeds`` (each seed's metrics) and ``over_seeds`` (mean
+    and sd of the mean AUROC / AUPRC). ``ValueError`` if a split has no labelled study.
     """
-    return probe_with_predictions(model, store, train_split, eval_split, label_policy, batch_size, device,
-                                  num_workers, seed, progress, options)[0]
+    return probe_with_predictions(model, store, **options)[0]
 
 
 def probe_with_predictions(
@@ -235,7 +221,11 @@ def probe_with_predictions(
     progress: bool = True,
     options: ProbeOptions | None = None,
 ) -> tuple[dict, Predictions]:
-    """:func:`probe`, and the eval split's per-study predictions of its first seed."""
+    """:func:`probe`, and the eval split's per-study predictions of its first seed.
+
+    ``options`` chooses linear or kNN, the label fraction, the seeds (default: ``seed`` alone) and
+    the bootstrap; the other arguments say what is embedded and where.
+    """
     options = options or ProbeOptions(seeds=(seed,))
     embed = {"model": model, "store": store, "label_policy": label_policy, "batch_size": batch_size,
              "device": device, "num_workers": num_workers, "progress": progress}

@@ -62,6 +62,7 @@ LOG_SCALE_RATIO = 20.0  # a loss panel spanning more than this factor gets a log
 LABEL_SIZE = 9
 EVALUATION_WIDTH, EVALUATION_HEIGHT = 7.0, 4.0  # inches
 CHANCE_AUROC = 0.5
+EVALUATION_ANCHOR = "evaluation"
 SMALL_IMAGE_PX, MAX_ENLARGEMENT = 480, 4  # images narrower than this are enlarged (tiny studies' GIFs)
 TIME_FORMAT = "%Y-%m-%d %H:%M UTC"
 
@@ -794,7 +795,7 @@ def evaluation_section(directory: Path) -> str:
     """The label-efficient grid of ``raddiffusion evaluate``: its figure, its table and what pretraining added."""
     evaluation = read_optional(directory / EVALUATE_JSON)
     if evaluation is None or not isinstance(evaluation.get("rows"), list) or not evaluation["rows"]:
-        return section("evaluation", "Label-efficient evaluation", missing(f"no readable {directory / EVALUATE_JSON}"))
+        return section(EVALUATION_ANCHOR, "Label-efficient evaluation", missing(f"no readable {directory / EVALUATE_JSON}"))
     rows = evaluation["rows"]
     settings = evaluation.get("settings", {})
     body = note(f"Mean AUROC on the {evaluation.get('split', 'test')} split ({rows[0].get('studies')} studies) by "
@@ -803,7 +804,7 @@ def evaluation_section(directory: Path) -> str:
                 f"probes, from scratch for fine-tuning) is paired: the same patient resamples score both.")
     body += image_figure(evaluation_figure(rows), "image/png", "mean AUROC by label fraction")
     body += evaluation_table(rows)
-    return section("evaluation", "Label-efficient evaluation", body)
+    return section(EVALUATION_ANCHOR, "Label-efficient evaluation", body)
 
 
 def evaluation_table(rows: list[dict]) -> str:
@@ -893,16 +894,17 @@ def figures_sections(runs: list[RunFiles]) -> str:
 
 
 NAVIGATION = (("runs", "Runs"), ("configuration", "Configuration"), ("data", "Data"), ("losses", "Losses"),
-              ("probe", "Linear probe"), ("test", "Test"), ("evaluation", "Evaluation"),
+              ("probe", "Linear probe"), ("test", "Test"), (EVALUATION_ANCHOR, "Evaluation"),
               ("reconstructions", "Reconstructions"),
               ("animation", "Animation"), ("attention", "Attention"))
 
 
-def header_html(title: str, runs: list[RunFiles]) -> str:
-    """The title, the generation note and links to the sections."""
+def header_html(title: str, runs: list[RunFiles], evaluation: bool = False) -> str:
+    """The title, the generation note and links to the sections (the evaluation's only when it is shown)."""
     stamp = time.strftime(TIME_FORMAT, time.gmtime())
     sources = ", ".join(f"<code>{esc(run.source)}</code>" for run in runs)
-    links = "".join(f'<a href="#{anchor}">{esc(name)}</a>' for anchor, name in NAVIGATION)
+    links = "".join(f'<a href="#{anchor}">{esc(name)}</a>' for anchor, name in NAVIGATION
+                    if evaluation or anchor != EVALUATION_ANCHOR)
     return (f"<header><h1>{esc(title)}</h1><p class=note>Generated {esc(stamp)} by <code>raddiffusion report</code> "
             f"from {len(runs)} run director{'y' if len(runs) == 1 else 'ies'}: {sources}. Every number is read "
             f"from the run files.</p><nav>{links}</nav></header>")
@@ -912,7 +914,7 @@ def report_html(runs: list[RunFiles], title: str, store: Path | None, link_root:
                 evaluation: Path | None = None) -> str:
     """The whole HTML document."""
     body = "".join([
-        header_html(title, runs), runs_section(runs), configuration_section(runs), data_section(runs, store),
+        header_html(title, runs, evaluation is not None), runs_section(runs), configuration_section(runs), data_section(runs, store),
         losses_section(runs), probe_section(runs, labelled_links(runs, link_root)), finetune_test_section(runs),
         evaluation_section(evaluation) if evaluation else "", figures_sections(runs),
     ])
