@@ -122,7 +122,7 @@ MODEL_OPTIONS = ("preset", "scheme", "mask_ratio", "image_size", "decoder", "sch
                  "time_embedding", "norm_pix_loss")
 PRETRAIN_OPTIONS = ("epochs", "batch_size", "accumulation", "lr", "probe_every", "save_every", "workers", "seed",
                     "precision", "compile", "label_policy", "max_views", "reference_study")
-RECIPE_OPTIONS = ("head_init", "head_warmup_epochs", "head_lr_scale", "layer_decay", "drop_path", "augment",
+RECIPE_OPTIONS = ("select_on", "head_init", "head_warmup_epochs", "head_lr_scale", "layer_decay", "drop_path", "augment",
                   "crop_scale", "rotation", "intensity", "hflip", "label_fraction", "resamples")
 FINETUNE_OPTIONS = ("epochs", "batch_size", "accumulation", "lr", "patience", "save_every", "workers", "seed",
                     "precision", "compile", "label_policy", "max_views", "reference_study", *RECIPE_OPTIONS)
@@ -161,7 +161,7 @@ def _add_training_options(cmd: argparse.ArgumentParser, defaults, finetune: bool
     group.add_argument("--lr", type=float, help=f"peak learning rate (default {defaults.lr})")
     if finetune:
         group.add_argument("--patience", type=_positive_int,
-                           help=f"epochs without a better validation loss before stopping (default {defaults.patience})")
+                           help=f"epochs without a better validation score before stopping (default {defaults.patience})")
     else:
         group.add_argument("--probe-every", "--probe_every", type=int,
                            help=f"linear probe every N epochs, 0 = only at the end (default {defaults.probe_every})")
@@ -181,9 +181,12 @@ def _add_training_options(cmd: argparse.ArgumentParser, defaults, finetune: bool
 
 
 def _add_recipe_options(cmd: argparse.ArgumentParser, defaults) -> None:
-    from .train.finetune import HEAD_INITS
+    from .train.finetune import HEAD_INITS, SELECTION
 
     group = cmd.add_argument_group("fine-tuning recipe (defaults chosen by measurement, see BENCHMARKS.md)")
+    group.add_argument("--select-on", choices=SELECTION,
+                       help=f"the best epoch (kept, tested, and what --patience counts): highest validation mean "
+                       f"AUROC or lowest validation loss (default {defaults.select_on})")
     group.add_argument("--head-init", choices=HEAD_INITS,
                        help=f"probe: the head starts as the linear probe of the initial encoder; random "
                        f"(default {defaults.head_init})")

@@ -89,6 +89,7 @@ def evaluate(runs: list[Path], store_path: Path, out: Path, settings: EvaluateSe
     done: list[dict] = []
     bar = tqdm(cells, desc="evaluate", unit="cell", disable=not progress, dynamic_ncols=True)
     vectors: dict[tuple[str, int], tuple] = {}
+    summaries: dict[tuple, dict] = {}  # rows and differences already computed, by the cells they are made of
     for model, method, fraction, seed in bar:
         bar.set_postfix_str(f"{model.name} {method} {fraction:g} seed {seed}")
         path = cell_path(out, model, method, fraction, seed)
@@ -104,7 +105,7 @@ def evaluate(runs: list[Path], store_path: Path, out: Path, settings: EvaluateSe
                 write_probe(metrics, path.with_suffix(".json"), predictions)
             result = read_json(path.with_suffix(".json"))
         done.append(cell_record(model, method, fraction, seed, result, path, out))
-        evaluation = summarise(done, store_path, settings, out)
+        evaluation = summarise(done, store_path, settings, out, summaries)
     bar.close()
     return evaluation
 
@@ -180,22 +181,31 @@ def cell_record(model: Model, method: str, fraction: float, seed: int, result: d
             "predictions": str(predictions.relative_to(out))}
 
 
-def summarise(cells: list[dict], store_path: Path, settings: EvaluateSettings, out: Path) -> dict:
-    """evaluate.json (settings, every cell, one row per model × method × fraction) and its text table."""
-    rows = []
+def summarise(cells: list[dict], store_path: Path, settings: EvaluateSettings, out: Path, cache: dict) -> dict:
+    """evaluate.json (settings, every cell, one row per model × method × fraction) and its text table.
+
+    A row (and its difference from the baseline) is recomputed only when the cells it is made of changed.
+    """
     groups: dict[tuple, list[dict]] = {}
     for cell in cells:
         groups.setdefault((cell["model"], cell["method"], cell["fraction"]), []).append(cell)
-    for (model, method, fraction), members in groups.items():
-        rows.append(summary_row(model, method, fraction, members, settings, out))
-    for row in rows:
-        baseline = groups.get((BASELINE_OF[row["method"]], row["method"], row["fraction"]))
-        if baseline is not None and row["model"] != BASELINE_OF[row["method"]]:
-            mine = groups[(row["model"], row["method"], row["fraction"])]
-            compared = seed_mean_difference(*([read_predictions(out / c["predictions"]) for c in cells]
-                                              for cells in (mine, baseline)), settings.resamples)
-            if compared is not None:
-                row["vs_baseline"] = {"baseline": BASELINE_OF[row["method"]], **compared}
+    rows = []
+    for key, members in groups.items():
+        seeds = tuple(c["seed"] for c in members)
+        if (key, seeds) not in cache:
+            cache[(key, seeds)] = summary_row(*key, members, settings, out)
+        row = dict(cache[(key, seeds)])
+        baseline_key = (BASELINE_OF[key[1]], *key[1:])
+        baseline = groups.get(baseline_key)
+        if baseline is not None and key[0] != baseline_key[0]:
+            compared_key = (key, seeds, tuple(c["seed"] for c in baseline))
+            if compared_key not in cache:
+                cache[compared_key] = seed_mean_difference(
+                    *([read_predictions(out / c["predictions"]) for c in group] for group in (members, baseline)),
+                    settings.resamples)
+            if cache[compared_key] is not None:
+                row["vs_baseline"] = {"baseline": baseline_key[0], **cache[compared_key]}
+        rows.append(row)
     evaluation = {"store": str(store_path), "split": settings.split, "settings": asdict(settings),
                   "rows": rows, "cells": cells}
     write_json(out / EVALUATE_JSON, evaluation)
