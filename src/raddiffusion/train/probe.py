@@ -1,4 +1,4 @@
-"""The linear probe: frozen-encoder study vectors, one balanced logistic regression per label."""
+"""Probes of frozen study vectors: linear (a balanced logistic regression per label) or kNN, on label fractions."""
 from __future__ import annotations
 
 from dataclasses import dataclass
