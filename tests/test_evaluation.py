@@ -135,6 +135,10 @@ def test_compare_sees_a_real_difference_and_refuses_other_studies():
                         good.mask[:150], good.labels)
     with pytest.raises(PredictionsError, match="different studies"):
         compare_predictions(good, fewer)
+    one_class = Predictions(good.study_ids, good.subject_ids, good.probabilities, np.zeros_like(good.targets),
+                            good.mask, good.labels)
+    with pytest.raises(PredictionsError, match="nothing to compare"):
+        compare_predictions(one_class, one_class)
 
 
 def test_probe_head_init_starts_fine_tuning_exactly_at_the_linear_probe(store, pretrained, tmp_path):

@@ -25,6 +25,8 @@ def compare_predictions(a: Predictions, b: Predictions, resamples: int = DEFAULT
     metrics = [label_metrics(p.probabilities, p.targets, p.mask, subjects=p.subject_ids, resamples=resamples, seed=seed,
                             labels=p.labels) for p in (a, b)]
     scored = sorted(set(scored_labels(metrics[0])) & set(scored_labels(metrics[1])))
+    if not scored:
+        raise PredictionsError("no label has both classes among these studies; there is nothing to compare")
     difference = paired_difference(a.probabilities, b.probabilities, a.targets, a.mask, a.subject_ids, scored,
                                    resamples, seed)
     return {"studies": len(a), "patients": int(len(np.unique(a.subject_ids))),
