@@ -233,7 +233,7 @@ def test_cli_probe_knn_fraction_seeds_and_compare(store, pretrained, tmp_path, c
     assert (pretrained / "probe" / "test-knn-f0.5.predictions.csv").is_file()
     code = main(["compare", str(pretrained), str(pretrained), "--store", str(store), "--resamples", "50"])
     out = capsys.readouterr().out
-    assert code == 0 and "within noise" in out and "\ncompare: A − B mean AUROC +0.000 [+0.000, +0.000]" in "\n" + out
+    assert code == 0 and "within noise" in out and "\ncompare: A − B mean AUROC +0.000 [+0.000, +0.000] on 4 studies, within noise" in "\n" + out
 
 
 def test_bad_fractions_and_mismatched_comparisons_are_one_line_errors(store, pretrained, tmp_path, capsys):

@@ -706,7 +706,7 @@ def _probe_name(args: argparse.Namespace) -> str:
 def run_compare(args: argparse.Namespace, argv: list[str]) -> None:
     from .fileio import write_json
     from .results.bootstrap import DEFAULT_RESAMPLES
-    from .results.compare import compare_predictions, format_comparison
+    from .results.compare import compare_predictions, format_comparison, signed_interval, verdict
 
     a, b = (_predictions_of(path, args) for path in (args.a, args.b))
     result = compare_predictions(a, b, args.resamples or DEFAULT_RESAMPLES, args.seed)
@@ -715,9 +715,8 @@ def run_compare(args: argparse.Namespace, argv: list[str]) -> None:
     if args.out:
         write_json(args.out, {"a": names[0], "b": names[1], **result})
     difference = result["difference"]
-    print(f"compare: A − B mean AUROC {difference['difference']:+.3f} "
-          f"[{difference['ci95'][0]:+.3f}, {difference['ci95'][1]:+.3f}] on {result['studies']} studies"
-          if difference["ci95"] else "compare: no interval (no label could be scored)")
+    print(f"compare: A − B mean AUROC {difference['difference']:+.3f} {signed_interval(difference['ci95'])} on "
+          f"{result['studies']} studies, {verdict(difference, 'A', 'B')}")
 
 
 def _predictions_of(path: Path, args: argparse.Namespace):

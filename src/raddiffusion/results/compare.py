@@ -49,6 +49,11 @@ def verdict(difference: dict, name_a: str, name_b: str) -> str:
     return f"{name_a} is better" if difference["difference"] > 0 else f"{name_b} is better"
 
 
+def signed_interval(interval: list[float] | None) -> str:
+    """``[-0.012, +0.034]`` (empty without an interval)."""
+    return "" if not interval else f"[{interval[0]:+.3f}, {interval[1]:+.3f}]"
+
+
 def format_comparison(result: dict, name_a: str, name_b: str) -> str:
     """A few readable lines: both means with intervals, the difference with its interval, the verdict."""
     width = max(len(name_a), len(name_b), len("A − B"))
@@ -59,7 +64,7 @@ def format_comparison(result: dict, name_a: str, name_b: str) -> str:
                      f"{format_interval(means.get('auroc_ci95'))}  AUPRC {format_metric(means.get('auprc'))} "
                      f"{format_interval(means.get('auprc_ci95'))}")
     auroc, auprc = result["difference"], result["difference"]["auprc"]
-    lines.append(f"{'A − B':<{width}}  mean AUROC {auroc['difference']:+.3f} {format_interval(auroc['ci95'])}  "
-                 f"AUPRC {auprc['difference']:+.3f} {format_interval(auprc['ci95'])}")
+    lines.append(f"{'A − B':<{width}}  mean AUROC {auroc['difference']:+.3f} {signed_interval(auroc['ci95'])}  "
+                 f"AUPRC {auprc['difference']:+.3f} {signed_interval(auprc['ci95'])}")
     lines.append(f"AUROC: {verdict(auroc, name_a, name_b)}; AUPRC: {verdict(auprc, name_a, name_b)}")
     return "\n".join(lines) + "\n"
