@@ -823,14 +823,17 @@ def evaluation_table(rows: list[dict]) -> str:
 
 
 def baseline_line(row: dict | None) -> str:
-    """A second line in a cell: the paired difference from the baseline, green when it is beyond noise."""
+    """A second line in a cell: the paired difference from the baseline, bold beyond noise (green if a gain)."""
     compared = (row or {}).get("vs_baseline")
     if not compared or not compared.get("ci95"):
         return ""
     low, high = compared["ci95"]
     text = f"vs {compared['baseline']}: {compared['difference']:+.3f} [{low:+.3f}, {high:+.3f}]"
     text += " within noise" if compared["within_noise"] else ""
-    return f"<br><small>{f'<b class=best>{esc(text)}</b>' if not compared['within_noise'] else esc(text)}</small>"
+    if compared["within_noise"]:
+        return f"<br><small>{esc(text)}</small>"
+    style = " class=best" if compared["difference"] > 0 else ""  # green only where pretraining helped
+    return f"<br><small><b{style}>{esc(text)}</b></small>"
 
 
 def evaluation_figure(rows: list[dict]) -> bytes:
