@@ -223,7 +223,7 @@ def metric_intervals(
     return {"labels": labels, "mean": mean, "resamples": resamples, "seed": seed, "unit": UNIT}
 
 
-def _difference_summary(point: float, resampled: np.ndarray) -> dict:
+def difference_summary(point: float, resampled: np.ndarray) -> dict:
     """A difference, its percentile interval, and whether that interval holds 0 (true when there is none)."""
     interval = percentile_interval(resampled)
     within_noise = interval is None or interval[0] <= 0 <= interval[1]
@@ -250,7 +250,7 @@ def paired_difference(
     point_a, point_b = (_metrics_of(rankings, unit_weights) for rankings in ranking_sets)
     resampled_a, resampled_b = _resampled_metrics(ranking_sets, subjects, resamples, seed)
     summaries = {
-        name: _difference_summary(
+        name: difference_summary(
             float(finite_mean(point_a[name])[0] - finite_mean(point_b[name])[0]),
             finite_mean(resampled_a[name]) - finite_mean(resampled_b[name]),
         )

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, mean_auroc_resamples, percentile_interval
+from .bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, difference_summary, mean_auroc_resamples, percentile_interval
 from .metrics import format_interval, format_metric, label_metrics, scored_labels
+from .compare import signed_interval
 from .predictions import Predictions
 
 EVALUATE_JSON, EVALUATE_TABLE = "evaluate.json", "evaluate.txt"
@@ -39,9 +40,7 @@ def seed_mean_difference(a: list[Predictions], b: list[Predictions], resamples: 
         return None
     resampled = _resampled(a + b, scored, resamples, seed)
     point = np.mean([_mean_auroc(p, scored) for p in a]) - np.mean([_mean_auroc(p, scored) for p in b])
-    interval = percentile_interval(resampled[: len(a)].mean(axis=0) - resampled[len(a):].mean(axis=0))
-    within = interval is None or interval[0] <= 0 <= interval[1]
-    return {"difference": float(point), "ci95": interval, "within_noise": bool(within)}
+    return difference_summary(float(point), resampled[: len(a)].mean(axis=0) - resampled[len(a):].mean(axis=0))
 
 
 def _scored(predictions: Predictions) -> list[int]:
@@ -91,12 +90,11 @@ def format_evaluation(evaluation: dict) -> str:
 
 
 def difference_text(row: dict | None) -> str:
-    """``+0.052 [+0.010, +0.091]``, with ``(within noise)`` when the interval holds 0; ``-`` without one."""
+    """``+0.052 [+0.010, +0.091]``, with ``within noise`` when the interval holds 0; ``-`` without one."""
     compared = (row or {}).get("vs_baseline")
     if not compared:
         return "-"
-    interval = compared["ci95"]
-    bounds = f" [{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else ""
+    bounds = f" {signed_interval(compared['ci95'])}" if compared["ci95"] else ""
     return f"{compared['difference']:+.3f}{bounds}{' within noise' if compared['within_noise'] else ''}"
 
 

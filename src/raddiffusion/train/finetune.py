@@ -26,7 +26,7 @@ from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 from ..data.augment import NO_AUGMENTATION, Augmentation, augment
-from ..data.fractions import NO_POSITIVE_IN_TRAIN, check_fraction, label_fraction_subset
+from ..data.fractions import check_fraction, label_fraction_subset
 from ..data.labels import LABELS
 from ..data.store import Store, open_store
 from ..data.studies import StudyDataset, collate_studies
@@ -258,13 +258,8 @@ def finetune(
 
 def train_subset(train_set: StudyDataset, settings: FinetuneSettings) -> tuple[StudyDataset, dict[str, str]]:
     """The label-fraction subset of the labelled train studies (the seed's), and the labels it lacks."""
-    if settings.label_fraction == 1.0:
-        positions = np.arange(len(train_set))
-        lacking = {n: NO_POSITIVE_IN_TRAIN for n, p in zip(LABELS, (train_set.labels * train_set.label_mask).sum(0))
-                   if p == 0}
-    else:
-        positions, lacking = label_fraction_subset(train_set.subject_ids, train_set.labels, train_set.label_mask,
-                                                   settings.label_fraction, settings.seed, LABELS)
+    positions, lacking = label_fraction_subset(train_set.subject_ids, train_set.labels, train_set.label_mask,
+                                               settings.label_fraction, settings.seed, LABELS)
     if len(positions) == 0:
         raise ValueError("the store has no labelled train studies to fine-tune on")
     return train_set.select(positions), lacking

@@ -25,7 +25,7 @@ from PIL import Image
 
 from ..fileio import atomic_path, read_json
 from ..results.compare import compare_predictions, verdict
-from ..results.evaluation import EVALUATE_JSON, METHOD_NAMES, fraction_name, row_text
+from ..results.evaluation import EVALUATE_JSON, METHOD_NAMES, difference_text, fraction_name, row_text
 from ..results.metrics import CI_SUFFIX, DECIMALS, METRICS, format_interval
 from ..results.predictions import PREDICTIONS_SUFFIX, PredictionsError, read_predictions
 from ..results.metrics import label_metrics
@@ -827,9 +827,7 @@ def baseline_line(row: dict | None) -> str:
     compared = (row or {}).get("vs_baseline")
     if not compared or not compared.get("ci95"):
         return ""
-    low, high = compared["ci95"]
-    text = f"vs {compared['baseline']}: {compared['difference']:+.3f} [{low:+.3f}, {high:+.3f}]"
-    text += " within noise" if compared["within_noise"] else ""
+    text = f"vs {compared['baseline']}: {difference_text(row)}"
     if compared["within_noise"]:
         return f"<br><small>{esc(text)}</small>"
     style = " class=best" if compared["difference"] > 0 else ""  # green only where pretraining helped
