@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from raddiffusion.data.labels import LABELS
+from raddiffusion.data.labels import CHEXPERT_LABELS as LABELS
 from raddiffusion.data.mimic import CHEXPERT_CSV, METADATA_CSV, SPLIT_CSV, image_path
 
 SHARED = Path(os.environ.get("RADDIFFUSION_SHARED", Path(__file__).resolve().parents[2] / "shared"))

@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 import raddiffusion as rd
 from raddiffusion.cli import main
 from raddiffusion.data.fractions import NO_POSITIVE_IN_TRAIN, check_fraction, label_fraction_subset
-from raddiffusion.data.labels import LABELS
+from raddiffusion.data.labels import CHEXPERT_LABELS as LABELS
 from raddiffusion.data.preprocess import preprocess
 from raddiffusion.fileio import read_json
 from raddiffusion.results.compare import compare_predictions
@@ -82,13 +82,13 @@ def test_knn_scores_are_neighbour_votes_by_cosine_similarity():
     eval_x = centres[eval_y] * 10
     y = np.zeros((40, len(LABELS)), np.float32)
     y[:, 0] = train_y
-    probabilities, absent = knn_scores(train_x, y, np.ones_like(y), eval_x, k=5)
+    probabilities, absent = knn_scores(train_x, y, np.ones_like(y), eval_x, LABELS, k=5)
     np.testing.assert_array_equal(probabilities[:, 0], eval_y)
     assert "Cardiomegaly" in absent and "Atelectasis" not in absent
-    probabilities, _ = knn_scores(train_x, y, np.ones_like(y), eval_x, k=1000)  # more neighbours than studies
+    probabilities, _ = knn_scores(train_x, y, np.ones_like(y), eval_x, LABELS, k=1000)  # more neighbours than studies
     np.testing.assert_allclose(probabilities[:, 0], 0.5)
     with pytest.raises(ValueError, match="k must be at least 1"):
-        knn_scores(train_x, y, np.ones_like(y), eval_x, k=0)
+        knn_scores(train_x, y, np.ones_like(y), eval_x, LABELS, k=0)
 
 
 def _predictions(probabilities: np.ndarray, seed: int = 0) -> Predictions:

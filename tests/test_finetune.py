@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,7 +16,7 @@ from safetensors.torch import load_file
 import raddiffusion as rd
 import raddiffusion.train.finetune as finetune_module
 from raddiffusion.cli import main
-from raddiffusion.data.labels import LABELS
+from raddiffusion.data.labels import CHEXPERT_LABELS as LABELS
 from raddiffusion.data.preprocess import preprocess
 from raddiffusion.fileio import read_json
 from raddiffusion.models import StudyClassifier
@@ -222,7 +223,10 @@ def test_finetuning_writes_the_run_with_the_best_weights_and_test_metrics(store,
     run, summary, seen = finetuned
     config = read_json(run / "config.json")
     assert config["command"] == "finetune" and config["pretrained"] == str(pretrained)
-    assert config["model"] == rd.load(pretrained).config.to_dict()
+    encoder = {k: v for k, v in config["model"].items() if k != "label_names"}
+    assert encoder == {k: v for k, v in rd.load(pretrained).config.to_dict().items() if k != "label_names"}
+    assert config["model"]["label_names"] == list(LABELS) and config["dataset"] == "mimic"
+    assert rd.load(run).label_names == LABELS  # the fine-tuned model knows its labels
     assert config["data"]["train_studies"] == TRAIN_STUDIES and config["data"]["validate_studies"] == VALIDATE_STUDIES
     assert config["data"]["steps_per_epoch"] == STEPS_PER_EPOCH
     np.testing.assert_allclose(config["data"]["pos_weight"], _expected_pos_weight("ones"), rtol=1e-6)
@@ -238,7 +242,7 @@ def test_finetuning_writes_the_run_with_the_best_weights_and_test_metrics(store,
     assert summary["steps"] == summary["epochs_run"] * STEPS_PER_EPOCH
 
     model = rd.load(run)
-    assert isinstance(model, StudyClassifier) and model.config == rd.load(pretrained).config
+    assert isinstance(model, StudyClassifier) and model.config == replace(rd.load(pretrained).config, label_names=LABELS)
     _assert_same_tensors(load_file(run / "model.safetensors"), seen[summary["best_epoch"] - 1])
     assert not torch.equal(seen[0]["head.weight"], seen[-1]["head.weight"])  # it trained
 

@@ -14,7 +14,7 @@ import raddiffusion as rd
 import raddiffusion.inference.embed as embed_module
 from raddiffusion.cli import main
 from raddiffusion.data.decode import load_image
-from raddiffusion.data.labels import LABELS
+from raddiffusion.data.labels import CHEXPERT_LABELS as LABELS
 from raddiffusion.data.mimic import image_path
 from raddiffusion.data.preprocess import preprocess
 from raddiffusion.inference.embed import embed_store, read_embeddings

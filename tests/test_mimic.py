@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from raddiffusion.data.labels import LABELS, apply_label_policy
+from raddiffusion.data.labels import CHEXPERT_LABELS as LABELS, apply_label_policy
 from raddiffusion.data.mimic import CHEXPERT_CSV, METADATA_CSV, SPLIT_CSV, DataError, read_mimic
 
 from conftest import small_labels, small_tree_images, write_csv, write_tree
@@ -15,13 +15,13 @@ from conftest import small_labels, small_tree_images, write_csv, write_tree
 
 def test_lists_every_image_with_ids_view_split_and_path(small_tree):
     tree = read_mimic(small_tree.root)
-    assert tree.image_format == "jpg"
+    assert tree.source_format == "jpg"
     assert len(tree.images) == len(small_tree.images)
-    assert list(tree.images.columns) == ["dicom_id", "subject_id", "study_id", "view", "split", "path"]
-    assert tree.images[["subject_id", "study_id", "dicom_id"]].equals(
-        tree.images[["subject_id", "study_id", "dicom_id"]].sort_values(["subject_id", "study_id", "dicom_id"])
+    assert list(tree.images.columns) == ["image_id", "subject_id", "study_id", "view", "split", "path"]
+    assert tree.images[["subject_id", "study_id", "image_id"]].equals(
+        tree.images[["subject_id", "study_id", "image_id"]].sort_values(["subject_id", "study_id", "image_id"])
     )
-    row = tree.images.set_index("dicom_id").loc["50000003-01aa-dicom"]
+    row = tree.images.set_index("image_id").loc["50000003-01aa-dicom"]
     assert (row.subject_id, row.study_id, row.view, row.split) == (11000002, 50000003, "PA", "train")
     assert row.path == "files/p11/p11000002/s50000003/50000003-01aa-dicom.jpg"
     assert all((small_tree.root / p).is_file() for p in tree.images["path"])
@@ -76,13 +76,13 @@ def test_label_policies():
 
 def test_labelled_images_keep_unlabelled_studies_masked(small_tree):
     tree = read_mimic(small_tree.root)
-    frame = tree.labelled_images("ignore").set_index("dicom_id")
+    frame = tree.labelled_images("ignore").set_index("image_id")
     unlabelled = frame.loc["50000005-00aa-dicom"]
     assert not unlabelled["labelled"]
     assert all(unlabelled[f"mask:{name}"] == 0 for name in LABELS)
     first = frame.loc["50000001-00aa-dicom"]
     assert first["Cardiomegaly"] == 1 and first["mask:Edema"] == 0 and first["mask:Cardiomegaly"] == 1
-    assert tree.labelled_images("ones").set_index("dicom_id").loc["50000001-00aa-dicom", "Edema"] == 1
+    assert tree.labelled_images("ones").set_index("image_id").loc["50000001-00aa-dicom", "Edema"] == 1
 
 
 @pytest.mark.parametrize("name", [METADATA_CSV, CHEXPERT_CSV])

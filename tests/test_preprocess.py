@@ -36,10 +36,10 @@ def test_store_holds_every_image_with_its_ids_and_pixels(small_tree, tmp_path):
     assert (summary.stored, summary.skipped, summary.decoded, summary.reused) == (n, 0, n, 0)
     store = open_store(tmp_path / "store")
     assert store.images.shape == (n, SIZE, SIZE) and store.images.dtype == np.uint8
-    assert list(store.index.columns) == ["dicom_id", "subject_id", "study_id", "view", "split"]
+    assert list(store.index.columns) == ["image_id", "subject_id", "study_id", "view", "split"]
     by_id = {im.dicom_id: im for im in small_tree.images}
     for row, entry in enumerate(store.index.itertuples()):
-        source = by_id[entry.dicom_id]
+        source = by_id[entry.image_id]
         assert (entry.subject_id, entry.study_id, entry.view, entry.split) == (
             source.subject_id, source.study_id, source.view, source.split
         )
@@ -103,8 +103,8 @@ def test_bad_dicoms_are_skipped_with_reasons_and_good_ones_stored(tmp_path, caps
     summary = _run(tmp_path / "mimic", tmp_path / "store")
     assert (summary.stored, summary.skipped) == (2, 5)
     store = open_store(tmp_path / "store")
-    assert sorted(store.index["dicom_id"]) == ["good-1", "good-2"]
-    reasons = dict(zip(store.skipped["dicom_id"], store.skipped["reason"].str.lower()))
+    assert sorted(store.index["image_id"]) == ["good-1", "good-2"]
+    reasons = dict(zip(store.skipped["image_id"], store.skipped["reason"].str.lower()))
     assert set(reasons) == {"zero-bytes", "no-pixels", "colour", "text", "missing"}
     assert all(reasons.values())
     assert "pixel" in reasons["no-pixels"] and "colour" in reasons["colour"] and "not found" in reasons["missing"]
@@ -118,7 +118,7 @@ def test_truncated_jpg_is_skipped(small_tree, tmp_path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     summary = _run(small_tree.root, tmp_path / "store")
     store = open_store(tmp_path / "store")
-    assert summary.skipped == 1 and list(store.skipped["dicom_id"]) == [victim.dicom_id]
+    assert summary.skipped == 1 and list(store.skipped["image_id"]) == [victim.dicom_id]
     assert len(store.index) == len(small_tree.images) - 1
 
 
@@ -156,8 +156,8 @@ def test_shards_read_as_one_store(small_tree, tmp_path):
     assert len(sharded) == len(whole)
     for name in ("shard-001-of-002", "shard-002-of-002"):
         assert 0 < len(open(tmp_path / "sharded" / name / "index.csv").readlines()) - 1 < len(whole)
-    order_w = np.argsort(whole.index["dicom_id"].to_numpy())
-    order_s = np.argsort(sharded.index["dicom_id"].to_numpy())
+    order_w = np.argsort(whole.index["image_id"].to_numpy())
+    order_s = np.argsort(sharded.index["image_id"].to_numpy())
     np.testing.assert_array_equal(whole.images[order_w], sharded.images[order_s])
     assert whole.labels.sort_index().equals(sharded.labels.sort_index())
     one = len(sharded.images._maps[0])

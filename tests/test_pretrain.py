@@ -103,7 +103,9 @@ def test_pretraining_writes_the_run_and_lowers_the_loss(store, tmp_path, scheme)
     assert config["model"] == model_config(**SCHEMES[scheme]).to_dict()
     assert (config["train"]["epochs"], config["train"]["batch_size"], config["train"]["probe_every"]) == (epochs, BATCH, 2)
     assert config["data"] == {"train_studies": TRAIN_STUDIES, "steps_per_epoch": STEPS_PER_EPOCH,
-                              "train_images": sum(1 + s % 3 for s in range(TRAIN_STUDIES))}
+                              "train_images": sum(1 + s % 3 for s in range(TRAIN_STUDIES)),
+                              "train_studies_per_store": [TRAIN_STUDIES]}
+    assert config["stores"] == [str(store)] and config["datasets"] == ["mimic"] and config["probe_store"] == str(store)
 
     records = read_metrics(run)
     steps, epoch_records = _steps(run), _epochs(run)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import raddiffusion as rd
-from raddiffusion.data.labels import LABELS
+from raddiffusion.data.labels import CHEXPERT_LABELS as LABELS
 from raddiffusion.data.preprocess import preprocess
 from raddiffusion.fileio import read_json
 from raddiffusion.results.metrics import format_table, label_metrics
@@ -40,8 +40,8 @@ def _alternating(studies: int) -> np.ndarray:
 
 def test_perfect_and_reversed_predictions():
     targets = _alternating(8)
-    perfect = label_metrics(0.1 + 0.8 * targets, targets)
-    reversed_ = label_metrics(0.9 - 0.8 * targets, targets)
+    perfect = label_metrics(0.1 + 0.8 * targets, targets, labels=LABELS)
+    reversed_ = label_metrics(0.9 - 0.8 * targets, targets, labels=LABELS)
     assert perfect["studies"] == 8 and perfect["mean"]["labels"] == len(LABELS)
     for name in LABELS:
         assert perfect["labels"][name]["auroc"] == 1.0 and perfect["labels"][name]["auprc"] == 1.0
@@ -59,14 +59,14 @@ def test_one_class_labels_are_absent_and_left_out_of_the_mean():
     scores[:, COL["Atelectasis"]] = 0.9 - 0.8 * targets[:, COL["Atelectasis"]]  # reversed: AUROC 0
     mask = np.ones_like(targets)
     mask[:, COL["Pneumonia"]] = 0.0
-    result = label_metrics(scores, targets, mask)
+    result = label_metrics(scores, targets, mask, labels=LABELS)
     assert result["labels"]["Edema"] == {"absent": "no positive studies", "positives": 0, "negatives": 6}
     assert result["labels"]["Fracture"] == {"absent": "no negative studies", "positives": 6, "negatives": 0}
     assert result["labels"]["Pneumonia"] == {"absent": "no studies", "positives": 0, "negatives": 0}
     scored = len(LABELS) - 3
     assert result["mean"]["labels"] == scored
     assert result["mean"]["auroc"] == pytest.approx((scored - 1) / scored)  # one 0, the rest 1
-    nothing = label_metrics(scores, targets, np.zeros_like(targets))
+    nothing = label_metrics(scores, targets, np.zeros_like(targets), labels=LABELS)
     assert nothing["mean"] == {"auroc": None, "auprc": None, "f1": None, "labels": 0}
 
 
@@ -76,18 +76,19 @@ def test_masked_rows_change_nothing():
     scores = rng.random(targets.shape)
     mask = np.ones_like(targets)
     mask[[0, 3], :] = 0.0
-    before = label_metrics(scores, targets, mask)
+    before = label_metrics(scores, targets, mask, labels=LABELS)
     changed = scores.copy()
     changed[[0, 3], :] = 1.0 - changed[[0, 3], :]
-    assert label_metrics(changed, targets, mask) == before
-    assert label_metrics(changed, targets) != label_metrics(scores, targets)  # the rows do matter unmasked
+    assert label_metrics(changed, targets, mask, labels=LABELS) == before
+    assert label_metrics(changed, targets, labels=LABELS) != label_metrics(scores, targets, labels=LABELS)  # rows matter unmasked
     assert before["labels"]["Edema"]["positives"] + before["labels"]["Edema"]["negatives"] == 8
 
 
 def test_metrics_are_plain_json_and_tabulate():
     targets = _alternating(6)
     targets[:, COL["Edema"]] = 0.0
-    result = label_metrics(np.linspace(0, 1, 6)[:, None].repeat(len(LABELS), 1).astype(np.float32), targets)
+    scores = np.linspace(0, 1, 6)[:, None].repeat(len(LABELS), 1).astype(np.float32)
+    result = label_metrics(scores, targets, labels=LABELS)
     assert json.loads(json.dumps(result)) == result
     cardiomegaly = result["labels"]["Cardiomegaly"]
     assert all(type(v) in (float, int) for k, v in cardiomegaly.items() if not k.endswith("_ci95"))
@@ -102,7 +103,7 @@ def test_metrics_are_plain_json_and_tabulate():
     assert f"[{low:.3f}, {high:.3f}]" in cardio
     assert lines[-2].startswith("mean") and "bootstrap resamples of patients" in lines[-1]
     with pytest.raises(ValueError, match="shape"):
-        label_metrics(np.zeros((4, 3)), np.zeros((4, 3)))
+        label_metrics(np.zeros((4, 3)), np.zeros((4, 3)), labels=LABELS)
 
 
 def _synthetic(rng, studies, features=8):
@@ -127,7 +128,7 @@ def test_linear_probe_learns_linear_labels_and_respects_masks():
     train_y[:, -1] = 0.0  # constant in train, both classes in eval
     eval_mask = np.ones_like(eval_y)
     eval_mask[:50, 0] = 0.0
-    result = linear_probe(train_x, train_y, train_mask, eval_x, eval_y, eval_mask, seed=0)
+    result = linear_probe(train_x, train_y, train_mask, eval_x, eval_y, eval_mask, LABELS, seed=0)
     assert result["studies"] == 200
     assert result["labels"][LABELS[0]]["positives"] + result["labels"][LABELS[0]]["negatives"] == 150
     for name in LABELS[:3]:
@@ -136,7 +137,7 @@ def test_linear_probe_learns_linear_labels_and_respects_masks():
     assert result["labels"][last]["absent"] == "only one class in train"
     assert result["labels"][last]["positives"] > 0 and result["labels"][last]["negatives"] > 0
     assert result["mean"]["labels"] == len(LABELS) - 1
-    again = linear_probe(train_x, train_y, train_mask, eval_x, eval_y, eval_mask, seed=0)
+    again = linear_probe(train_x, train_y, train_mask, eval_x, eval_y, eval_mask, LABELS, seed=0)
     assert again == result
 
 

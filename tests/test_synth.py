@@ -1,9 +1,11 @@
-"""Tests of the built-in MIMIC-CXR-shaped demo data generator."""
+"""Tests of the built-in demo data generator: MIMIC-CXR, CheXpert-v1.0-small and NIH ChestX-ray14 layouts."""
 from __future__ import annotations
 
 import csv
 import gzip
+import importlib
 import inspect
+import pkgutil
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -13,9 +15,14 @@ import pydicom
 import pytest
 from PIL import Image
 
+from raddiffusion.cli import main
 from raddiffusion.data import synth
-from raddiffusion.data.labels import LABELS
+from raddiffusion.data.labels import CHEXPERT_LABELS as LABELS
 from raddiffusion.data.synth import SynthSummary, synthesize, synthetic_patient_name
+from raddiffusion.data.synth.anatomy import sample_anatomy, sample_pose
+from raddiffusion.data.synth.findings import Findings
+from raddiffusion.data.synth.label_sampling import label_stats
+from raddiffusion.data.synth.render import render
 
 METADATA_COLUMNS = [
     "dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition",
@@ -222,10 +229,11 @@ def test_reports_agree_with_labels(jpg_tree):
 
 
 def test_label_statistics_are_packaged_not_read_from_shared():
-    stats = synth._label_stats()
+    stats = label_stats()
     assert stats.vectors.shape == (400, len(LABELS))
     assert np.isclose(stats.probabilities.sum(), 1.0)
-    source = inspect.getsource(synth)
+    modules = [importlib.import_module(f"{synth.__name__}.{m.name}") for m in pkgutil.iter_modules(synth.__path__)]
+    source = inspect.getsource(synth) + "".join(inspect.getsource(module) for module in modules)
     assert "/work/shared" not in source and "chexpert-label-stats" not in source
 
 
@@ -340,11 +348,11 @@ def test_heart_and_effusion_regions_are_brighter_when_labelled(jpg_tree):
     assert roc_auc_score(positive(rows, "Pleural Effusion"), lower_zones) > 0.62
 
 
-def render_frontal(findings: synth._Findings, seed: int) -> np.ndarray:
+def render_frontal(findings: Findings, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    anatomy = synth._sample_anatomy(rng)
-    pose = synth._sample_pose(rng)
-    return synth._render(anatomy, pose, findings, synth._View("x", "PA"), rng).display
+    anatomy = sample_anatomy(rng)
+    pose = sample_pose(rng)
+    return render(anatomy, pose, findings, "PA", rng).display
 
 
 def tube_pixels(image: np.ndarray) -> int:
@@ -357,15 +365,15 @@ def tube_pixels(image: np.ndarray) -> int:
 
 @pytest.mark.parametrize("seed", range(4))
 def test_same_anatomy_shows_the_finding(seed):
-    normal = render_frontal(synth._Findings(), seed)
+    normal = render_frontal(Findings(), seed)
     height, width = normal.shape
     heart_rows = slice(int(0.55 * height), int(0.68 * height))
     bright_width = lambda image: (image[heart_rows] > 0.6).sum(axis=1).mean()
-    assert bright_width(render_frontal(synth._Findings(cardiomegaly=1.0), seed)) > bright_width(normal) + 0.04 * width
+    assert bright_width(render_frontal(Findings(cardiomegaly=1.0), seed)) > bright_width(normal) + 0.04 * width
     bases = slice(int(0.55 * height), int(0.7 * height))
-    effusion = render_frontal(synth._Findings(effusion=(1.0, 1.0)), seed)
+    effusion = render_frontal(Findings(effusion=(1.0, 1.0)), seed)
     assert effusion[bases].mean() > normal[bases].mean() + 0.03
-    tube = render_frontal(synth._Findings(devices=("ett",)), seed)
+    tube = render_frontal(Findings(devices=("ett",)), seed)
     assert tube_pixels(tube) > tube_pixels(normal) + 0.4 * height
 
 
@@ -375,3 +383,202 @@ def test_appearance_is_upright(jpg_tree):
     lungs = np.concatenate([mean[16:36, 8:24], mean[16:36, 40:56]])
     abdomen, mediastinum = mean[52:60, 16:48], mean[16:36, 29:35]
     assert lungs.mean() + 0.2 < abdomen.mean() and lungs.mean() + 0.2 < mediastinum.mean()
+
+
+# ------------------------------------------------------------------------------------------
+# CheXpert-v1.0-small and NIH ChestX-ray14 layouts
+# ------------------------------------------------------------------------------------------
+CHEXPERT_LABEL_COLUMNS = (
+    "No Finding,Enlarged Cardiomediastinum,Cardiomegaly,Lung Opacity,Lung Lesion,Edema,Consolidation,Pneumonia,"
+    "Atelectasis,Pneumothorax,Pleural Effusion,Pleural Other,Fracture,Support Devices"
+)
+CHEXPERT_HEADER = f"Path,Sex,Age,Frontal/Lateral,AP/PA,{CHEXPERT_LABEL_COLUMNS}"
+CHEXPERT_TEST_HEADER = f"Path,{CHEXPERT_LABEL_COLUMNS}"
+CHEXPERT_PATH = re.compile(r"(train|valid|test)/patient(\d{5})/study(\d+)/view(\d+)_(frontal|lateral)\.jpg")
+NIH_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+              "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
+NIH_FINDINGS = {"Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis", "Hernia",
+                "Infiltration", "Mass", "Nodule", "Pleural_Thickening", "Pneumonia", "Pneumothorax"}
+LAYOUT_SUBJECTS = 20  # two subjects per MIMIC folder: 16 train, 2 validate, 2 test; at least 20 NIH images
+LAYOUT_SEED = 2
+
+
+@pytest.fixture(scope="module")
+def layout_trees(tmp_path_factory) -> dict[str, tuple[Path, SynthSummary]]:
+    """The same subjects written in each layout."""
+    root = tmp_path_factory.mktemp("layouts")
+    return {layout: (root / layout, synthesize(root / layout, subjects=LAYOUT_SUBJECTS, seed=LAYOUT_SEED, workers=2,
+                                               progress=False, layout=layout))
+            for layout in ("mimic", "chexpert", "nih")}
+
+
+def read_plain_csv(path: Path) -> tuple[str, list[dict[str, str]]]:
+    """The header line and the rows of an uncompressed CSV."""
+    text = path.read_text()
+    return text.splitlines()[0], list(csv.DictReader(text.splitlines()))
+
+
+def chexpert_rows(root: Path) -> dict[str, list[dict[str, str]]]:
+    """Rows of train.csv, valid.csv and test_labels.csv, each with ``image`` (path relative to the dataset)."""
+    dataset = root / "CheXpert-v1.0-small"
+    rows = {}
+    for split, name in (("train", "train.csv"), ("valid", "valid.csv"), ("test", "test_labels.csv")):
+        _, rows[split] = read_plain_csv(dataset / name)
+        for row in rows[split]:
+            row["image"] = row["Path"] if split == "test" else row["Path"].removeprefix("CheXpert-v1.0-small/")
+    return rows
+
+
+def test_chexpert_headers_paths_and_files(layout_trees):
+    root, summary = layout_trees["chexpert"]
+    dataset = root / "CheXpert-v1.0-small"
+    assert read_plain_csv(dataset / "train.csv")[0] == CHEXPERT_HEADER
+    assert read_plain_csv(dataset / "valid.csv")[0] == CHEXPERT_HEADER
+    assert read_plain_csv(dataset / "test_labels.csv")[0] == CHEXPERT_TEST_HEADER
+    rows = chexpert_rows(root)
+    for split, split_rows in rows.items():
+        assert split_rows, split
+        for row in split_rows:
+            if split != "test":
+                assert row["Path"].startswith(f"CheXpert-v1.0-small/{split}/")
+            match = CHEXPERT_PATH.fullmatch(row["image"])
+            assert match and match.group(1) == split, row["Path"]
+            assert (dataset / row["image"]).is_file()
+    listed = {row["image"] for split_rows in rows.values() for row in split_rows}
+    on_disk = {p.relative_to(dataset).as_posix() for p in dataset.rglob("*") if p.is_file() and p.suffix != ".csv"}
+    assert on_disk == listed and len(listed) == sum(map(len, rows.values())) == summary.images
+    patients = {int(CHEXPERT_PATH.fullmatch(image).group(2)) for image in listed}
+    assert sorted(patients) == list(range(1, LAYOUT_SUBJECTS + 1))
+
+
+def test_chexpert_studies_keep_their_views_and_labels(layout_trees):
+    root, summary = layout_trees["chexpert"]
+    studies = defaultdict(list)
+    for split_rows in chexpert_rows(root).values():
+        for row in split_rows:
+            view, side = CHEXPERT_PATH.fullmatch(row["image"]).group(4, 5)
+            studies[row["image"].rsplit("/", 1)[0]].append((int(view), side, row))
+    for folder, views in studies.items():
+        assert [number for number, _, _ in views] == list(range(1, len(views) + 1)), folder
+        assert [side for _, side, _ in views] == ["frontal"] + ["lateral"] * (len(views) - 1), folder
+        labels = {tuple(row[name] for name in LABELS) for _, _, row in views}
+        assert len(labels) == 1, folder
+        assert len(list((root / "CheXpert-v1.0-small" / folder).iterdir())) == len(views)
+        for _, side, row in views:
+            if "Frontal/Lateral" in row:
+                assert row["Frontal/Lateral"] == side.capitalize()
+                assert row["AP/PA"] in (("AP", "PA") if side == "frontal" else ("",))
+    assert summary.studies == summary.labelled_studies == len(studies)
+    mimic_root, mimic_summary = layout_trees["mimic"]
+    _, metadata = read_csv(mimic_root / "mimic-cxr-2.0.0-metadata.csv.gz")
+    assert Counter(Counter(row["study_id"] for row in metadata).values()) == Counter(map(len, studies.values()))
+    assert summary.images == mimic_summary.images and summary.studies == mimic_summary.studies
+
+
+def test_chexpert_values_demographics_and_image_sizes(layout_trees):
+    root, _ = layout_trees["chexpert"]
+    rows = chexpert_rows(root)
+    train_values = Counter(row[name] for row in rows["train"] for name in LABELS)
+    assert set(train_values) <= {"1.0", "0.0", "-1.0", ""} and train_values[""] > 0
+    for split in ("valid", "test"):
+        assert {row[name] for row in rows[split] for name in LABELS} == {"0.0", "1.0"}, split
+    for row in rows["train"] + rows["valid"]:
+        assert row["Sex"] in ("Female", "Male") and 18 <= int(row["Age"]) < 120
+    for row in rows["train"][:10] + rows["test"]:
+        with Image.open(root / "CheXpert-v1.0-small" / row["image"]) as image:
+            assert image.format == "JPEG" and image.mode == "L"
+            assert min(image.size) == 320 and max(image.size) <= 420
+
+
+def nih_rows(root: Path) -> list[list[str]]:
+    with open(root / "Data_Entry_2017_v2020.csv", newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def test_nih_csv_lists_and_files(layout_trees):
+    root, summary = layout_trees["nih"]
+    header, *rows = nih_rows(root)
+    assert ",".join(header) == NIH_HEADER == (root / "Data_Entry_2017_v2020.csv").read_text().splitlines()[0]
+    assert rows and all(len(row) == 11 for row in rows)
+    names = [row[0] for row in rows]
+    assert len(set(names)) == len(names) == summary.images == summary.studies
+    for name, findings, follow_up, patient, age, gender, view, width, height, spacing_x, spacing_y in rows:
+        assert re.fullmatch(r"\d{8}_\d{3}\.png", name)
+        assert (int(name[:8]), int(name[9:12])) == (int(patient), int(follow_up))
+        assert findings == "No Finding" or set(findings.split("|")) <= NIH_FINDINGS
+        assert findings.split("|") == sorted(set(findings.split("|")))
+        assert gender in ("F", "M") and view in ("PA", "AP") and 18 <= int(age) < 120
+        assert 448 <= int(width) <= 576 and 448 <= int(height) <= 576 and spacing_x == spacing_y
+    follow_ups = defaultdict(list)
+    for row in rows:
+        follow_ups[int(row[3])].append(int(row[2]))
+    assert sorted(follow_ups) == list(range(1, LAYOUT_SUBJECTS + 1))
+    assert all(numbers == list(range(len(numbers))) for numbers in follow_ups.values())
+    train_val = (root / "train_val_list.txt").read_text().splitlines()
+    test = (root / "test_list.txt").read_text().splitlines()
+    assert sorted(train_val + test) == sorted(names)
+    assert not {n[:8] for n in train_val} & {n[:8] for n in test}
+    assert len({n[:8] for n in test}) == 2
+    assert {p.name for p in (root / "images").iterdir()} == set(names)
+    assert {p.name for p in root.iterdir()} == {"images", "Data_Entry_2017_v2020.csv", "train_val_list.txt",
+                                                "test_list.txt"}
+
+
+def test_nih_findings_and_views_match_the_mimic_studies(layout_trees):
+    root, _ = layout_trees["nih"]
+    _, *rows = nih_rows(root)
+    findings = Counter(f for row in rows for f in row[1].split("|"))
+    assert findings["No Finding"] > 0 and len(set(findings) & NIH_FINDINGS) >= 4
+    assert not {"Emphysema", "Fibrosis", "Hernia"} & set(findings)
+    assert all(row[1] == "No Finding" or "No Finding" not in row[1] for row in rows)
+    mimic_root, _ = layout_trees["mimic"]
+    _, metadata = read_csv(mimic_root / "mimic-cxr-2.0.0-metadata.csv.gz")
+    frontal = [row for row in metadata if row["ViewPosition"] in FRONTAL]
+    assert Counter((row[7], row[8], row[6]) for row in rows) == Counter(
+        (row["Columns"], row["Rows"], row["ViewPosition"]) for row in frontal)
+
+
+def test_nih_images_are_1024_grey_with_a_few_rgba(layout_trees):
+    root, _ = layout_trees["nih"]
+    modes = Counter()
+    for path in sorted((root / "images").iterdir()):
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size == (1024, 1024)
+            modes[image.mode] += 1
+            if image.mode == "RGBA":
+                pixels = np.asarray(image)
+                assert (pixels[..., 3] == 255).all()
+                assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
+    assert set(modes) == {"L", "RGBA"} and 1 <= modes["RGBA"] < modes["L"]
+
+
+@pytest.mark.parametrize("layout", ["chexpert", "nih"])
+def test_layouts_are_byte_identical_for_any_worker_count(tmp_path, layout):
+    synthesize(tmp_path / "a", subjects=4, seed=3, workers=1, progress=False, layout=layout)
+    synthesize(tmp_path / "b", subjects=4, seed=3, workers=2, progress=False, layout=layout)
+    synthesize(tmp_path / "c", subjects=4, seed=4, workers=1, progress=False, layout=layout)
+    first, second, other = (tree_bytes(tmp_path / name) for name in "abc")
+    assert first == second and not [name for name in first if ".tmp" in name]
+    assert first != other
+
+
+@pytest.mark.parametrize("layout, folder", [("chexpert", "CheXpert-v1.0-small"), ("nih", "images")])
+def test_layouts_reject_dicom_and_existing_trees(tmp_path, layout, folder):
+    with pytest.raises(ValueError, match="mimic"):
+        synthesize(tmp_path, subjects=2, fmt="dicom", progress=False, layout=layout)
+    assert not list(tmp_path.iterdir())
+    (tmp_path / folder).mkdir()
+    with pytest.raises(FileExistsError, match=folder):
+        synthesize(tmp_path, subjects=2, progress=False, layout=layout)
+    with pytest.raises(ValueError, match="layout"):
+        synthesize(tmp_path / "x", subjects=2, progress=False, layout="padchest")
+
+
+def test_cli_layout_option(tmp_path, capsys):
+    assert main(["synth", str(tmp_path / "a"), "--layout", "nih", "--format", "dicom"]) == 2
+    error = capsys.readouterr().err
+    assert error.strip().count("\n") == 0 and "mimic" in error and not (tmp_path / "a").exists()
+    assert main(["synth", str(tmp_path / "b"), "--layout", "chexpert", "--subjects", "1", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("synth: wrote") and "chexpert layout" in out
+    assert (tmp_path / "b" / "CheXpert-v1.0-small" / "train.csv").is_file()

@@ -10,20 +10,23 @@ Public API::
 
     m = rd.load("runs/x/finetune")                       # a run directory or a .safetensors file
     images, lengths = rd.read_files(["a.dcm", "b.jpg"], m.config.image_size)   # one study
-    m.predict(images, lengths)                           # [n_studies, 14] probabilities
+    m.predict(images, lengths)                           # [n_studies, len(m.label_names)] probabilities
     rd.embed_store(rd.load("runs/x/pretrain"), store, "vectors.parquet")
 """
-from .data.labels import LABELS
-from .data.mimic import DataError, read_mimic
+from .data.labels import CHEXPERT_LABELS
+from .data.layouts import read_tree
+from .data.mimic import read_mimic
 from .data.store import Store, open_store
 from .data.studies import StudyDataset, collate_studies
+from .data.tree import DataError, ImageTree
 from .inference.embed import embed_store, read_embeddings
 from .inference.files import read_files
 from .models import create
 from .train.checkpoint import CheckpointError, load, save_model
 
 __all__ = [
-    "LABELS", "CheckpointError", "DataError", "Store", "StudyDataset", "collate_studies", "create", "embed_store",
-    "load", "open_store", "read_embeddings", "read_files", "read_mimic", "save_model",
+    "CHEXPERT_LABELS", "CheckpointError", "DataError", "ImageTree", "Store", "StudyDataset", "collate_studies",
+    "create", "embed_store", "load", "open_store", "read_embeddings", "read_files", "read_mimic", "read_tree",
+    "save_model",
 ]
 __version__ = "0.1.0"

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from .data.mimic import DataError
+from .data.tree import DataError
 
 FAILED = 1
 USAGE_ERROR = 2
@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raddiffusion",
-        description="Study-level MAE / diffusion-MAE pretraining for chest radiographs (MIMIC-CXR).",
+        description="Study-level MAE / diffusion-MAE pretraining for chest radiographs (MIMIC-CXR, CheXpert, "
+        "NIH ChestX-ray14 or any folder of images with a CSV).",
         epilog="Start with `raddiffusion demo`: it builds demo data shaped like MIMIC-CXR and runs the pipeline on it.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -87,28 +88,47 @@ def _add_demo(commands) -> None:
 def _add_synth(commands) -> None:
     cmd = commands.add_parser(
         "synth",
-        help="write a MIMIC-shaped tree of procedural chest radiographs",
-        description="Write a demo tree with the exact MIMIC-CXR layout (files/p1X/p<subject>/s<study>/) and its three "
-        "CSVs: studies of 1-4 views whose appearance follows realistic CheXpert labels. Deterministic for a seed.",
+        help="write a MIMIC-, CheXpert- or NIH-shaped tree of procedural chest radiographs",
+        description="Write a demo tree laid out exactly like a public dataset: studies of 1-4 views whose appearance "
+        "follows realistic CheXpert labels. Layouts: mimic (MIMIC-CXR: files/p1X/p<subject>/s<study>/ and its three "
+        "CSVs), chexpert (CheXpert-v1.0-small/ with train.csv, valid.csv and test_labels.csv), nih (NIH ChestX-ray14: "
+        "images/, Data_Entry_2017_v2020.csv and the train_val/test lists). Deterministic for a seed.",
     )
     cmd.add_argument("out", type=Path, help="directory to create (must not already hold a tree)")
     cmd.add_argument("--subjects", type=_positive_int, default=200, help="number of subjects (default 200)")
-    cmd.add_argument("--format", choices=("dicom", "jpg"), default="jpg", help="image files to write (default jpg)")
+    cmd.add_argument("--layout", choices=("mimic", "chexpert", "nih"), default="mimic",
+                     help="which public dataset the tree imitates: mimic (MIMIC-CXR), chexpert (CheXpert-v1.0-small) "
+                     "or nih (NIH ChestX-ray14); the same radiographs in each (default mimic)")
+    cmd.add_argument("--format", choices=("dicom", "jpg"), default="jpg",
+                     help="image files of the mimic layout: jpg (MIMIC-CXR-JPG) or dicom (MIMIC-CXR); the chexpert "
+                     "layout always writes JPG, nih PNG (default jpg)")
     cmd.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     cmd.add_argument("--workers", type=_positive_int, default=None, help="processes (default: all CPUs)")
     cmd.set_defaults(handler=run_synth)
 
 
 def _add_preprocess(commands) -> None:
+    from .data.layouts import LAYOUTS
+
     cmd = commands.add_parser(
         "preprocess",
-        help="decode a MIMIC-CXR tree into a uint8 study store",
-        description="Decode every image of a MIMIC-CXR (DICOM) or MIMIC-CXR-JPG tree once: crop 10% per side, resize, "
-        "store uint8 with an index and the study labels. Unreadable files are skipped and listed in skipped.csv. "
-        "An interrupted run resumes when run again with the same arguments.",
+        help="decode a MIMIC-CXR, CheXpert, NIH ChestX-ray14 or CSV-listed dataset into a uint8 study store",
+        description="Decode every image of a dataset once: crop 10% per side, resize, store uint8 with an index, the "
+        "study labels and the dataset's label names. The layout is recognised from what ROOT holds: MIMIC-CXR / "
+        "MIMIC-CXR-JPG (mimic-cxr-2.0.0-*.csv), CheXpert (train.csv + valid.csv), NIH ChestX-ray14 "
+        "(Data_Entry_2017*.csv); any other folder of images needs --manifest. Rows and files that cannot be used "
+        "are skipped and listed in skipped.csv. An interrupted run resumes when run again with the same arguments.",
     )
-    cmd.add_argument("mimic_root", type=Path, metavar="MIMIC_ROOT", help="root of the tree (holds files/ and the CSVs)")
+    cmd.add_argument("root", type=Path, metavar="ROOT", help="root of the dataset (the folder holding its CSVs)")
     cmd.add_argument("store", type=Path, metavar="STORE", help="store directory to write")
+    cmd.add_argument("--layout", choices=LAYOUTS, default=None,
+                     help="the dataset's layout, when it should not be recognised from ROOT")
+    cmd.add_argument("--manifest", type=Path, default=None, metavar="FILE.csv",
+                     help="a CSV listing the images (columns path, subject, optional study, view, split; every other "
+                     "column is a label: 1 / 0 / -1 / blank); implies --layout csv")
+    cmd.add_argument("--carve", type=_share, default=None, metavar="SHARE",
+                     help="CheXpert: move this share of the train patients into each split the data lacks "
+                     "(validate or test), by a hash of the patient")
     cmd.add_argument("--image-size", type=_positive_int, default=256, help="output side in pixels (default 256)")
     cmd.add_argument("--workers", type=_positive_int, default=None, help="decoding processes (default: all CPUs)")
     cmd.add_argument(
@@ -244,12 +264,16 @@ def _add_pretrain(commands) -> None:
     from .train.pretrain import PretrainSettings
 
     cmd = commands.add_parser(
-        "pretrain", help="pretrain an encoder (vanilla MAE or DiffMAE) on a store",
-        description="Pretrain on the train split of STORE into the run directory. A linear probe of the frozen "
-        "encoder (train -> validate) runs before training, every --probe-every epochs and at the end. Checkpoints "
-        "are written every --save-every steps; --resume continues a killed run exactly.",
+        "pretrain", help="pretrain an encoder (vanilla MAE or DiffMAE) on one store or several",
+        description="Pretrain on the train split of STORE (or of several stores pooled, e.g. MIMIC-CXR + CheXpert + "
+        "NIH; their image sizes must agree) into the run directory. A linear probe of the frozen encoder "
+        "(train -> validate of the first store, or of --probe-store) runs before training, every --probe-every "
+        "epochs and at the end. Checkpoints are written every --save-every steps; --resume continues a killed run "
+        "exactly.",
     )
-    cmd.add_argument("store", type=Path, metavar="STORE", help="store written by `raddiffusion preprocess`")
+    cmd.add_argument("store", type=Path, nargs="+", metavar="STORE", help="store(s) written by `raddiffusion preprocess`")
+    cmd.add_argument("--probe-store", type=Path, default=None, metavar="STORE",
+                     help="store whose train -> validate split the probes use (default: the first STORE)")
     cmd.add_argument("--run", type=Path, required=True, metavar="RUN_DIR", help="run directory to write")
     _add_model_options(cmd)
     _add_training_options(cmd, PretrainSettings())
@@ -503,6 +527,16 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a label fraction in (0, 1]") from None
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share in (0, 1)")
+    return value
+
+
 def _fractions(text: str) -> tuple[float, ...]:
     return tuple(_fraction(part) for part in text.split(","))
 
@@ -523,11 +557,12 @@ def run_synth(args: argparse.Namespace, argv: list[str]) -> None:
 
     started = time.perf_counter()
     workers = args.workers or available_cpus()
-    summary = synthesize(args.out, subjects=args.subjects, fmt=args.format, seed=args.seed, workers=workers)
+    summary = synthesize(args.out, subjects=args.subjects, fmt=args.format, seed=args.seed, workers=workers,
+                         layout=args.layout)
     print(
-        f"synth: wrote {summary.images} {args.format} images of {summary.studies} studies "
+        f"synth: wrote {summary.images} {summary.image_format} images of {summary.studies} studies "
         f"({summary.labelled_studies} labelled) from {summary.subjects} subjects to {args.out} "
-        f"in {time.perf_counter() - started:.1f}s"
+        f"in the {summary.layout} layout in {time.perf_counter() - started:.1f}s"
     )
 
 
@@ -535,7 +570,8 @@ def run_preprocess(args: argparse.Namespace, argv: list[str]) -> None:
     from .data.preprocess import parse_shard, preprocess
 
     summary = preprocess(
-        args.mimic_root, args.store, image_size=args.image_size, workers=args.workers, shard=parse_shard(args.shard)
+        args.root, args.store, image_size=args.image_size, workers=args.workers, shard=parse_shard(args.shard),
+        layout=args.layout, manifest=args.manifest, carve=args.carve,
     )
     print(summary.line())
 
@@ -598,7 +634,8 @@ def run_predict(args: argparse.Namespace, argv: list[str]) -> int:
     files = sum(len(s.files) for s in studies)
     skipped = sum(len(s.skipped) for s in studies)
     print(f"predict: {len(predictions) - len(unread)} of {len(predictions)} studies predicted from {files} files"
-          f"{f', {skipped} unreadable file(s) skipped' if skipped else ''}", file=sys.stderr)
+          f"{f', {skipped} unreadable file(s) skipped' if skipped else ''}; {len(model.label_names)} labels: "
+          f"{', '.join(model.label_names)}", file=sys.stderr)
     return FAILED if unread else 0
 
 
@@ -650,7 +687,7 @@ def run_pretrain(args: argparse.Namespace, argv: list[str]) -> int | None:
         return code
     summary = pretrain(args.store, args.run, model=_explicit(args, MODEL_OPTIONS),
                        train=_explicit(args, PRETRAIN_OPTIONS), resume=args.resume, device=_device(args),
-                       progress=not args.quiet)
+                       progress=not args.quiet, probe_store=args.probe_store)
     _print_once(_pretrain_line(args.run, summary))
     return None
 
@@ -678,6 +715,7 @@ def run_probe(args: argparse.Namespace, argv: list[str]) -> None:
     from .results.metrics import format_interval, format_metric, format_table
     from .train.checkpoint import load
     from .train.distributed import single_device
+    from .train.finetune import pretrained_stores
     from .train.probe import DEFAULT_K, ProbeOptions, format_mean_sd, format_seeds, probe_with_predictions, write_probe
 
     options = ProbeOptions(method=args.method, label_fraction=args.label_fraction or 1.0,
@@ -685,9 +723,13 @@ def run_probe(args: argparse.Namespace, argv: list[str]) -> None:
                            resamples=DEFAULT_RESAMPLES if args.resamples is None else args.resamples)
     device = single_device(_device(args))
     model = load(args.run_dir).to(device)
-    metrics, predictions = probe_with_predictions(model, open_store(args.store), eval_split=args.split,
+    store = open_store(args.store)
+    metrics, predictions = probe_with_predictions(model, store, eval_split=args.split,
                                                   label_policy=args.label_policy, device=device, options=options)
-    out = args.out or (args.run_dir if args.run_dir.is_dir() else args.run_dir.parent) / "probe" / _probe_name(args)
+    run = args.run_dir if args.run_dir.is_dir() else args.run_dir.parent
+    trained_on = pretrained_stores(run)
+    metrics.update(store=str(args.store), dataset=store.dataset, pretrained_on=trained_on)
+    out = args.out or run / "probe" / _probe_name(args, trained_on)
     write_probe(metrics, out, predictions)
     print(format_table(metrics, f"{args.method} probe, train -> {args.split}") + format_seeds(metrics))
     mean = metrics["mean"]
@@ -696,11 +738,13 @@ def run_probe(args: argparse.Namespace, argv: list[str]) -> None:
           f"{mean['labels']} labels on {metrics['eval_studies']} {args.split} studies{over}; written to {out}")
 
 
-def _probe_name(args: argparse.Namespace) -> str:
-    """``test.json``; a kNN probe or a label fraction is named in the file (``test-knn-f0.1.json``)."""
+def _probe_name(args: argparse.Namespace, trained_on: list[str] | None) -> str:
+    """``test.json``; a kNN probe or a label fraction is named in the file (``test-knn-f0.1.json``), and a
+    store the run was not pretrained on is named first (``nih-store-test.json``)."""
     parts = [args.split] + (["knn"] if args.method == "knn" else [])
     parts += [f"f{args.label_fraction:g}"] if args.label_fraction not in (None, 1.0) else []
-    return "-".join(parts) + ".json"
+    own = trained_on is None or any(Path(p).resolve() == args.store.resolve() for p in trained_on)
+    return "-".join(parts if own else [args.store.resolve().name, *parts]) + ".json"
 
 
 def run_compare(args: argparse.Namespace, argv: list[str]) -> None:

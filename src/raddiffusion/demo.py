@@ -11,8 +11,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data.mimic import CHEXPERT_CSV, METADATA_CSV, SPLIT_CSV, find_csv
+from .data.mimic import CHEXPERT_CSV, METADATA_CSV, SPLIT_CSV
 from .data.store import open_store
+from .data.tree import find_csv
 from .fileio import read_json, write_json
 from .models.presets import SCHEMES
 from .train.finetune import finetune

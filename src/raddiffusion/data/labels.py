@@ -1,9 +1,10 @@
-"""The 14 CheXpert observations and the label policies for uncertain findings."""
+"""The 14 CheXpert observations (MIMIC-CXR's and CheXpert's label set) and the label policies for
+uncertain findings. Other datasets bring their own label names (``Store.label_names``)."""
 from __future__ import annotations
 
 import numpy as np
 
-LABELS: tuple[str, ...] = (
+CHEXPERT_LABELS: tuple[str, ...] = (
     "Atelectasis",
     "Cardiomegaly",
     "Consolidation",
@@ -19,14 +20,13 @@ LABELS: tuple[str, ...] = (
     "Pneumothorax",
     "Support Devices",
 )
-NUM_LABELS = len(LABELS)
 POLICIES = ("ones", "zeros", "ignore")
 
 POSITIVE, NEGATIVE, UNCERTAIN = 1.0, 0.0, -1.0
 
 
 def apply_label_policy(raw: np.ndarray, policy: str = "ones") -> tuple[np.ndarray, np.ndarray]:
-    """Turn raw CheXpert values (1, 0, -1, NaN = not mentioned) into binary targets and a mask.
+    """Turn raw label values (1, 0, -1, NaN = not mentioned) into binary targets and a mask.
 
     ``ones``: uncertain counts as positive; ``zeros``: uncertain counts as negative;
     ``ignore``: uncertain is masked out (mask 0). Not mentioned is negative under every policy.

@@ -1,4 +1,4 @@
-"""One pass from a MIMIC tree to a store shard: decode, crop, resize, uint8 — resumable and parallel.
+"""One pass from a dataset folder (MIMIC-CXR, CheXpert, NIH ChestX-ray14 or a CSV manifest) to a store shard: decode, crop, resize, uint8 — resumable and parallel.
 
 Work is cut into fixed chunks of the (sorted) image list. Each finished chunk is saved as
 ``chunks/chunk-NNNNNN.npy`` then ``.json`` (its completion mark), both written then renamed, so an
@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from ..fileio import TEMPORARY_GLOB, atomic_path, read_json, write_json
 from .decode import read_image
-from .labels import LABELS
-from .mimic import DataError, MimicTree, read_mimic
+from .layouts import read_tree
+from .tree import DataError, ImageTree
 from .store import (
     DONE_FILE,
     IMAGES_FILE,
@@ -86,39 +86,45 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def preprocess(
-    mimic_root: str | Path,
+    root: str | Path,
     store: str | Path,
     image_size: int = DEFAULT_IMAGE_SIZE,
     workers: int | None = None,
     shard: tuple[int, int] = (1, 1),
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: bool = True,
+    layout: str | None = None,
+    manifest: str | Path | None = None,
+    carve: float | None = None,
 ) -> PreprocessSummary:
-    """Decode shard ``shard = (I, N)`` of the MIMIC tree at ``mimic_root`` into ``store``.
+    """Decode shard ``shard = (I, N)`` of the dataset at ``root`` into ``store``.
 
-    Subjects are dealt to shards in turn, so each shard holds whole subjects. Re-running after an
-    interruption resumes; re-running a finished shard does nothing.
+    The layout (MIMIC, CheXpert, NIH or a CSV ``manifest``) is detected from what ``root`` holds
+    unless ``layout`` names it; ``carve`` is the share of train patients moved into a split the
+    dataset lacks (CheXpert). Subjects are dealt to shards in turn, so each shard holds whole
+    subjects. Re-running after an interruption resumes; re-running a finished shard does nothing.
     """
     if image_size < 8:
         raise ValueError(f"image size must be at least 8 pixels, not {image_size}")
     started = time.perf_counter()
-    tree = read_mimic(mimic_root)
+    tree = read_tree(root, layout, Path(manifest) if manifest else None, carve)
     images = select_shard(tree.images, *shard)
     shard_dir = Path(store) / shard_dirname(*shard)
-    params = _params(images, image_size, chunk_size, shard)
+    params = _params(tree, images, image_size, chunk_size, shard)
     _check_or_write_params(shard_dir, params)
     remove_stale_temporaries(shard_dir)
     if (shard_dir / DONE_FILE).is_file():
         shutil.rmtree(shard_dir / CHUNKS_DIR, ignore_errors=True)  # left if killed right after done.json
         done = read_json(shard_dir / DONE_FILE)
-        return PreprocessSummary(shard_dir, len(images), done["images"], done["skipped"], 0, len(images), 0.0)
+        return PreprocessSummary(shard_dir, done["images"] + done["skipped"], done["images"], done["skipped"], 0,
+                                 len(images), 0.0)
     chunks = _chunks(tree.root, images, image_size, chunk_size, shard_dir / CHUNKS_DIR)
     pending = [c for c in chunks if not _chunk_done(c)]
     reused = sum(len(c.paths) for c in chunks) - sum(len(c.paths) for c in pending)
     _run_chunks(pending, workers or available_cpus(), len(images), reused, progress)
     stored, skipped = _assemble(shard_dir, tree, images, chunks, image_size, shard)
     seconds = time.perf_counter() - started
-    return PreprocessSummary(shard_dir, len(images), stored, skipped, len(images) - reused, reused, seconds)
+    return PreprocessSummary(shard_dir, stored + skipped, stored, skipped, len(images) - reused, reused, seconds)
 
 
 def available_cpus() -> int:
@@ -139,10 +145,12 @@ def remove_stale_temporaries(shard_dir: Path) -> None:
         leftover.unlink(missing_ok=True)
 
 
-def _params(images: pd.DataFrame, image_size: int, chunk_size: int, shard: tuple[int, int]) -> dict:
+def _params(tree: ImageTree, images: pd.DataFrame, image_size: int, chunk_size: int, shard: tuple[int, int]) -> dict:
     listing = hashlib.sha256("\n".join(images["path"]).encode()).hexdigest()
     return {
         "format": STORE_FORMAT,
+        "dataset": tree.dataset,
+        "label_names": list(tree.label_names),
         "image_size": image_size,
         "chunk_size": chunk_size,
         "shard": shard[0],
@@ -217,9 +225,11 @@ def _run_chunks(pending: list[_Chunk], workers: int, total: int, reused: int, pr
 
 
 def _assemble(
-    shard_dir: Path, tree: MimicTree, images: pd.DataFrame, chunks: list[_Chunk], image_size: int, shard: tuple[int, int]
+    shard_dir: Path, tree: ImageTree, images: pd.DataFrame, chunks: list[_Chunk], image_size: int, shard: tuple[int, int]
 ) -> tuple[int, int]:
-    """Concatenate the chunks into the shard's files; ``done.json`` last. Returns (stored, skipped)."""
+    """Concatenate the chunks into the shard's files; ``done.json`` last. Returns (stored, skipped).
+
+    The rows the reader could not use are listed in the first shard's ``skipped.csv``."""
     reasons = []
     with atomic_path(shard_dir / IMAGES_FILE) as tmp, open(tmp, "wb") as out:
         for chunk in chunks:
@@ -228,11 +238,13 @@ def _assemble(
             out.write(np.load(array_file).tobytes())
     ok = np.array([r == "" for r in reasons], dtype=bool)
     kept = images[ok]
-    skipped = images[~ok].assign(reason=[r for r in reasons if r])
+    skipped = images[~ok].assign(reason=[r for r in reasons if r])[SKIPPED_COLUMNS]
+    if shard[0] == 1:
+        skipped = pd.concat([tree.skipped[SKIPPED_COLUMNS], skipped], ignore_index=True)
     labels = tree.labels[tree.labels.index.isin(kept["study_id"])].reset_index()
     _write_csv(shard_dir / INDEX_FILE, kept[INDEX_COLUMNS])
-    _write_csv(shard_dir / LABELS_FILE, labels[["study_id", "subject_id", *LABELS]])
-    _write_csv(shard_dir / SKIPPED_FILE, skipped[SKIPPED_COLUMNS])
+    _write_csv(shard_dir / LABELS_FILE, labels[["study_id", "subject_id", *tree.label_names]])
+    _write_csv(shard_dir / SKIPPED_FILE, skipped)
     write_json(
         shard_dir / DONE_FILE,
         {
@@ -240,16 +252,18 @@ def _assemble(
             "image_size": image_size,
             "shard": shard[0],
             "num_shards": shard[1],
+            "dataset": tree.dataset,
+            "label_names": list(tree.label_names),
             "images": int(ok.sum()),
-            "skipped": int((~ok).sum()),
+            "skipped": len(skipped),
             "studies": int(kept["study_id"].nunique()),
             "labelled_studies": len(labels),
-            "source_format": tree.image_format,
+            "source_format": tree.source_format,
             "split_source": tree.split_source,
         },
     )
     shutil.rmtree(shard_dir / CHUNKS_DIR, ignore_errors=True)
-    return int(ok.sum()), int((~ok).sum())
+    return int(ok.sum()), len(skipped)
 
 
 def _write_csv(path: Path, frame: pd.DataFrame) -> None:

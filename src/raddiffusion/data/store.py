@@ -3,12 +3,14 @@
 A store is a directory of one or more shards, each written by one ``preprocess`` run:
 
     STORE/shard-001-of-002/images.u8     raw uint8 [n, size, size], C order
-                          /index.csv     dicom_id, subject_id, study_id, view, split (row = image)
-                          /labels.csv    study_id, subject_id, 14 raw CheXpert values (labelled studies)
-                          /skipped.csv   dicom_id, path, reason (files that could not be read)
-                          /done.json     written last: the shard is complete
+                          /index.csv     image_id, subject_id, study_id, view, split (row = image)
+                          /labels.csv    study_id, subject_id, one raw value per label (labelled studies)
+                          /skipped.csv   image_id, path, reason (rows and files that could not be used)
+                          /done.json     written last: the shard is complete; names the dataset
+                                         ("mimic", "chexpert", "nih", "csv") and its label names
 
-Shards hold disjoint subjects and are read as one store, in shard order.
+Shards hold disjoint subjects and are read as one store, in shard order. Stores of the first format
+(MIMIC only, before stores knew their labels) open as MIMIC stores with the 14 CheXpert labels.
 """
 from __future__ import annotations
 
@@ -22,17 +24,18 @@ import pandas as pd
 
 from ..errors import first_line
 from ..fileio import read_json
-from .labels import LABELS
-from .mimic import DataError, check_patient_disjoint
+from .labels import CHEXPERT_LABELS
+from .tree import IMAGE_COLUMNS, SKIPPED_COLUMNS, DataError, check_patient_disjoint
 
 IMAGES_FILE = "images.u8"
 INDEX_FILE = "index.csv"
 LABELS_FILE = "labels.csv"
 SKIPPED_FILE = "skipped.csv"
 DONE_FILE = "done.json"
-STORE_FORMAT = "raddiffusion-store-v1"
-INDEX_COLUMNS = ["dicom_id", "subject_id", "study_id", "view", "split"]
-SKIPPED_COLUMNS = ["dicom_id", "path", "reason"]
+STORE_FORMAT = "raddiffusion-store-v2"
+FIRST_FORMAT = "raddiffusion-store-v1"  # MIMIC only, the 14 CheXpert labels, ids in a "dicom_id" column
+FIRST_FORMAT_ID = "dicom_id"
+INDEX_COLUMNS = IMAGE_COLUMNS[:-1]  # the image table without its source path
 SHARD_PATTERN = re.compile(r"shard-(\d+)-of-(\d+)")
 
 
@@ -113,6 +116,8 @@ class Store:
 
     root: Path
     image_size: int
+    dataset: str
+    label_names: tuple[str, ...]
     images: ImageArray
     index: pd.DataFrame
     labels: pd.DataFrame
@@ -129,7 +134,8 @@ class Store:
         return (
             f"{len(self.index)} images of {self.index['study_id'].nunique()} studies from "
             f"{self.index['subject_id'].nunique()} subjects at {self.image_size}px ({splits}); "
-            f"{len(self.labels)} labelled studies; {len(self.skipped)} skipped files"
+            f"{len(self.labels)} labelled studies ({len(self.label_names)} {self.dataset} labels); "
+            f"{len(self.skipped)} skipped files"
         )
 
 
@@ -141,16 +147,38 @@ def open_store(path: str | Path) -> Store:
     sizes = {d["image_size"] for d in done}
     if len(sizes) != 1:
         raise DataError(f"{root}: shards were written at different image sizes {sorted(sizes)}")
-    index = pd.concat([_read_table(d / INDEX_FILE, INDEX_COLUMNS) for d in shard_dirs], ignore_index=True)
-    labels = pd.concat([_read_table(d / LABELS_FILE, ["study_id", "subject_id", *LABELS]) for d in shard_dirs])
-    skipped = pd.concat([_read_table(d / SKIPPED_FILE, SKIPPED_COLUMNS) for d in shard_dirs], ignore_index=True)
+    dataset, label_names = _dataset_and_labels(root, done)
+    first_format = done[0]["format"] == FIRST_FORMAT
+    index = pd.concat([_read_table(d / INDEX_FILE, INDEX_COLUMNS, label_names, first_format) for d in shard_dirs],
+                      ignore_index=True)
+    labels = pd.concat([_read_table(d / LABELS_FILE, ["study_id", "subject_id", *label_names], label_names)
+                        for d in shard_dirs])
+    skipped = pd.concat([_read_table(d / SKIPPED_FILE, SKIPPED_COLUMNS, label_names, first_format)
+                         for d in shard_dirs], ignore_index=True)
     counts = [d["images"] for d in done]
     if sum(counts) != len(index):
         raise DataError(f"{root}: index tables list {len(index)} images, done.json files say {sum(counts)}")
     check_patient_disjoint(index)
     images = ImageArray([d / IMAGES_FILE for d in shard_dirs], counts, sizes.pop())
     images._open()
-    return Store(root, images.image_size, images, index, labels.set_index("study_id"), skipped, tuple(done))
+    return Store(root, images.image_size, dataset, label_names, images, index, labels.set_index("study_id"),
+                 skipped, tuple(done))
+
+
+def _dataset_and_labels(root: Path, done: list[dict]) -> tuple[str, tuple[str, ...]]:
+    """The dataset kind and label names every shard agrees on (a first-format store: MIMIC, CheXpert labels)."""
+    found = set()
+    for shard in done:
+        if shard.get("format") == FIRST_FORMAT:
+            found.add(("mimic", CHEXPERT_LABELS))
+        elif shard.get("format") == STORE_FORMAT:
+            found.add((shard["dataset"], tuple(shard["label_names"])))
+        else:
+            raise DataError(f"{root}: unknown store format {shard.get('format')!r}; rebuild it with "
+                            "`raddiffusion preprocess ROOT STORE` into a new STORE")
+    if len(found) != 1:
+        raise DataError(f"{root}: shards were written from different datasets or label sets")
+    return found.pop()
 
 
 def _complete_shard_dirs(root: Path) -> list[Path]:
@@ -176,14 +204,16 @@ def _complete_shard_dirs(root: Path) -> list[Path]:
     return [found[i, total] for i in range(1, total + 1)]
 
 
-def _read_table(path: Path, columns: list[str]) -> pd.DataFrame:
-    dtypes = {"dicom_id": str, "view": str, "split": str, "path": str, "reason": str}
+def _read_table(path: Path, columns: list[str], label_names: tuple[str, ...], first_format: bool = False) -> pd.DataFrame:
+    dtypes = {c: str for c in ("image_id", FIRST_FORMAT_ID, "view", "split", "path", "reason")}
     try:
-        table = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values={name: [""] for name in LABELS})
+        table = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values={name: [""] for name in label_names})
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"{path}: cannot be read ({first_line(exc)})") from None
+    if first_format:
+        table = table.rename(columns={FIRST_FORMAT_ID: "image_id"})
     if list(table.columns) != columns:
         raise DataError(f"{path}: expected columns {columns}, found {list(table.columns)}")
     numeric = {c: np.int64 for c in ("subject_id", "study_id") if c in columns}
-    numeric |= {name: np.float32 for name in LABELS if name in columns}
+    numeric |= {name: np.float32 for name in label_names if name in columns}
     return table.astype(numeric)

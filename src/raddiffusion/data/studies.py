@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .labels import LABELS, NUM_LABELS, apply_label_policy
-from .mimic import FRONTAL_VIEWS, SPLITS
+from .labels import apply_label_policy
 from .store import Store
+from .tree import FRONTAL_VIEWS, SPLITS
 
 PIXEL_SCALE = 127.5  # uint8 -> [-1, 1]: x = u8 / 127.5 - 1
 UINT8_MAX = 255
@@ -22,8 +22,9 @@ class StudyDataset(Dataset):
 
     Views are ordered frontal (PA/AP) first, then the others, each group in store order.
     ``max_views`` keeps at most that many views per study (frontal first); ``frontal_only`` keeps
-    PA/AP views and drops studies without one; ``labelled_only`` drops studies without a CheXpert
-    row (otherwise their labels are 0 with a zero mask). ``split=None`` takes every split.
+    PA/AP views and drops studies without one; ``labelled_only`` drops studies without a label row
+    (otherwise their labels are 0 with a zero mask). ``split=None`` takes every split. Labels are the
+    store's (``label_names``: the 14 CheXpert observations for MIMIC and CheXpert, 15 for NIH, …).
     """
 
     def __init__(
@@ -56,7 +57,8 @@ class StudyDataset(Dataset):
         self.splits = index["split"].to_numpy()[rows[starts]]
         self._rows, self._starts = rows, np.r_[starts, len(rows)]
         self.max_views = max_views
-        raw = store.labels.reindex(self.study_ids)[list(LABELS)].to_numpy(np.float32)
+        self.label_names = store.label_names
+        raw = store.labels.reindex(self.study_ids)[list(self.label_names)].to_numpy(np.float32)
         self.labels, self.label_mask = apply_label_policy(raw, label_policy)
         self.labelled = np.isin(self.study_ids, store.labels.index.to_numpy())
         self.label_mask[~self.labelled] = 0.0
@@ -101,6 +103,31 @@ class StudyDataset(Dataset):
         }
 
 
+class PooledStudies(Dataset):
+    """The studies of several datasets (e.g. the train splits of several stores) as one, for pretraining.
+
+    Item ``i`` is the study's images and id; labels are left out (the stores' label sets may differ), so
+    the collated ``labels`` and ``label_mask`` have no columns.
+    """
+
+    def __init__(self, parts: list[StudyDataset]):
+        self.parts = list(parts)
+        self.offsets = np.cumsum([0, *(len(part) for part in self.parts)])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def view_counts(self) -> np.ndarray:
+        """Views per study, in order over the parts."""
+        return np.concatenate([part.view_counts() for part in self.parts])
+
+    def __getitem__(self, i: int) -> dict:
+        part = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        item = self.parts[part][i - int(self.offsets[part])]
+        no_labels = np.zeros(0, np.float32)
+        return {**item, "labels": no_labels, "label_mask": no_labels}
+
+
 def _first_seen_rank(values: np.ndarray) -> np.ndarray:
     """For each element, the rank of its value by first appearance (keeps studies in store order)."""
     _, first, inverse = np.unique(values, return_index=True, return_inverse=True)
@@ -111,14 +138,14 @@ def collate_studies(items: list[dict]) -> dict[str, torch.Tensor]:
     """Stack whole studies into one batch.
 
     Returns ``images`` float ``[N, 1, H, W]`` in [-1, 1], ``lengths`` int64 ``[S]`` (views per study,
-    in order), ``labels`` and ``label_mask`` float ``[S, 14]`` and ``study_id`` int64 ``[S]``.
+    in order), ``labels`` and ``label_mask`` float ``[S, labels]`` and ``study_id`` int64 ``[S]``.
     """
     lengths = [len(item["images"]) for item in items]
     return {
         "images": to_unit_range([item["images"] for item in items], sum(lengths)),
         "lengths": torch.tensor(lengths, dtype=torch.int64),
-        "labels": torch.from_numpy(np.stack([item["labels"] for item in items])).reshape(-1, NUM_LABELS),
-        "label_mask": torch.from_numpy(np.stack([item["label_mask"] for item in items])).reshape(-1, NUM_LABELS),
+        "labels": torch.from_numpy(np.stack([item["labels"] for item in items])).reshape(len(items), -1),
+        "label_mask": torch.from_numpy(np.stack([item["label_mask"] for item in items])).reshape(len(items), -1),
         "study_id": torch.tensor([item["study_id"] for item in items], dtype=torch.int64),
     }
 

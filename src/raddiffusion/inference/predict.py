@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data.labels import LABELS
 from ..models import StudyClassifier
 from .files import FileStudy, study_batch
 
@@ -44,11 +43,12 @@ def predict_studies(model: StudyClassifier, studies: list[FileStudy], device: st
         images, lengths = study_batch(batch)
         probabilities = model.predict(images.to(device), lengths.to(device)).float().cpu()
         values.update({id(study): row.tolist() for study, row in zip(batch, probabilities)})
-    return [Prediction(study, _named(values[id(study)]) if id(study) in values else None) for study in studies]
+    named = [_named(values[id(study)], model.label_names) if id(study) in values else None for study in studies]
+    return [Prediction(study, probabilities) for study, probabilities in zip(studies, named)]
 
 
-def _named(row: list[float]) -> dict[str, float]:
-    return {label: round(value, PROBABILITY_DECIMALS) for label, value in zip(LABELS, row)}
+def _named(row: list[float], labels: tuple[str, ...]) -> dict[str, float]:
+    return {label: round(value, PROBABILITY_DECIMALS) for label, value in zip(labels, row)}
 
 
 def predictions_json(predictions: list[Prediction]) -> str:
@@ -57,11 +57,12 @@ def predictions_json(predictions: list[Prediction]) -> str:
 
 
 def predictions_csv(predictions: list[Prediction]) -> str:
-    """One row per predicted study: ``study, views, <14 labels>``."""
+    """One row per predicted study: ``study, views`` and one column per label of the model."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["study", "views", *LABELS])
-    for p in predictions:
-        if p.probabilities is not None:
-            writer.writerow([p.study.name, p.study.views, *(p.probabilities[label] for label in LABELS)])
+    predicted = [p for p in predictions if p.probabilities is not None]
+    labels = list(predicted[0].probabilities) if predicted else []
+    writer.writerow(["study", "views", *labels])
+    for p in predicted:
+        writer.writerow([p.study.name, p.study.views, *(p.probabilities[label] for label in labels)])
     return out.getvalue()

@@ -6,6 +6,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from ..data.labels import CHEXPERT_LABELS
 from .encoder import StudyEncoder, StudyPretrainer, embed_studies
 from .presets import ModelConfig
 from .vit import INIT_STD, init_weights
@@ -14,7 +15,7 @@ ENCODER_SHAPE_FIELDS = ("patch_size", "width", "depth", "heads", "mlp_hidden")  
 
 
 class StudyClassifier(nn.Module):
-    """Logits of the 14 labels per study from the shared CLS of its views (``forward``)."""
+    """Logits of the labels (``label_names``) per study from the shared CLS of its views (``forward``)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -38,6 +39,15 @@ class StudyClassifier(nn.Module):
         model = cls(replace(pretrainer.config, **overrides))
         model.encoder.load_state_dict(pretrainer.encoder.state_dict())
         return model
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """The names of the head's outputs (models saved before they were recorded: the 14 CheXpert labels)."""
+        if self.config.label_names:
+            return self.config.label_names
+        if self.config.num_labels == len(CHEXPERT_LABELS):
+            return CHEXPERT_LABELS
+        return tuple(f"label {k + 1}" for k in range(self.config.num_labels))
 
     def embed(self, images: torch.Tensor, lengths: torch.Tensor | list[int]) -> torch.Tensor:
         """Study vectors ``[n_studies, width]``."""

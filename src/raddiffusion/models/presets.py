@@ -48,8 +48,12 @@ class ModelConfig:
     time_embedding: bool = True
     num_labels: int = NUM_LABELS
     drop_path: float = 0.0
+    label_names: tuple[str, ...] = ()  # the head's outputs, in order; () for pretraining (and older models)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "label_names", tuple(self.label_names))  # JSON gives a list
+        if self.label_names and len(self.label_names) != self.num_labels:
+            raise ValueError(f"{len(self.label_names)} label names for a head of {self.num_labels} labels")
         _check_choice("scheme", self.scheme, SCHEMES)
         _check_choice("decoder", self.decoder, DECODERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
@@ -68,7 +72,8 @@ class ModelConfig:
             raise ValueError(f"drop_path must be in [0, 1), not {self.drop_path}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as JSON-ready values (``label_names`` as a list)."""
+        return {**asdict(self), "label_names": list(self.label_names)}
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-from ..data.labels import LABELS
 from .bootstrap import CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED, metric_intervals
 
 METRICS = ("auroc", "auprc", "f1")
@@ -30,7 +29,7 @@ def label_metrics(
     subjects: np.ndarray | None = None,
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
-    labels: tuple[str, ...] = LABELS,
+    labels: tuple[str, ...] | None = None,
 ) -> dict:
     """AUROC, AUPRC and F1 at ``threshold`` of every label over the rows whose ``mask`` is 1, with intervals.
 
@@ -39,8 +38,11 @@ def label_metrics(
     reason), gets ``absent`` (the reason) instead of metrics and is left out of the means. AUROC and
     AUPRC, per label and mean, carry ``auroc_ci95`` / ``auprc_ci95``: 95 % bootstrap intervals over
     ``resamples`` seeded resamples of the patients ``subjects [S]`` (``None``: each study its own
-    patient; ``resamples=0``: no intervals). Returns plain Python numbers only (JSON-serialisable).
+    patient; ``resamples=0``: no intervals). ``labels`` names the columns (``None``: ``label 1``, …).
+    Returns plain Python numbers only (JSON-serialisable).
     """
+    if labels is None:
+        labels = tuple(f"label {k + 1}" for k in range(np.shape(targets)[1]))
     probabilities, targets, mask = _check_arrays(probabilities, targets, mask, len(labels))
     absent = absent or {}
     per_label = {

@@ -27,7 +27,6 @@ from tqdm import tqdm
 
 from ..data.augment import NO_AUGMENTATION, Augmentation, augment
 from ..data.fractions import check_fraction, label_fraction_subset
-from ..data.labels import LABELS
 from ..data.store import Store, open_store
 from ..data.studies import StudyDataset, collate_studies
 from ..fileio import atomic_path, read_json, write_json
@@ -150,7 +149,7 @@ def finetune(
     settings = resolve_settings(FinetuneSettings, stored and stored["train"], train, MAY_CHANGE_ON_RESUME, run_dir)
     store = open_store(store_path)
     torch.manual_seed(settings.seed)
-    net = _initial_model(stored, pretrained, model, run_dir, settings).to(process.device)
+    net = _initial_model(stored, pretrained, model, run_dir, settings, label_head(store)).to(process.device)
     check_store_fits(store, net.config, store_path)
 
     def dataset(split: str) -> StudyDataset:
@@ -170,7 +169,8 @@ def finetune(
     distributed.barrier(process)  # every process has checked the run directory before it is written
     if process.is_main and stored is None:
         write_json(run_dir / CONFIG, {
-            "command": "finetune", "store": str(store_path), "pretrained": str(pretrained) if pretrained else None,
+            "command": "finetune", "store": str(store_path), "dataset": store.dataset,
+            "pretrained": str(pretrained) if pretrained else None, "pretrained_on": pretrained_stores(pretrained),
             "model": net.config.to_dict(), "train": asdict(settings),
             "data": {"train_studies": len(full_train), "train_studies_used": len(train_set),
                      "labels_absent": lacking, "batch_size": batch_size, "validate_studies": len(val_set),
@@ -256,10 +256,24 @@ def finetune(
     return summary
 
 
+def label_head(store: Store) -> dict:
+    """The model options of a head for the store's labels."""
+    return {"num_labels": len(store.label_names), "label_names": tuple(store.label_names)}
+
+
+def pretrained_stores(pretrained: str | Path | None) -> list[str] | None:
+    """The stores a pretraining run was trained on, as its config names them (None without one)."""
+    config = Path(pretrained) / CONFIG if pretrained else None
+    if config is None or not config.is_file():
+        return None
+    stored = read_json(config)
+    return stored.get("stores") or [stored.get("store")]
+
+
 def train_subset(train_set: StudyDataset, settings: FinetuneSettings) -> tuple[StudyDataset, dict[str, str]]:
     """The label-fraction subset of the labelled train studies (the seed's), and the labels it lacks."""
     positions, lacking = label_fraction_subset(train_set.subject_ids, train_set.labels, train_set.label_mask,
-                                               settings.label_fraction, settings.seed, LABELS)
+                                               settings.label_fraction, settings.seed, train_set.label_names)
     if len(positions) == 0:
         raise ValueError("the store has no labelled train studies to fine-tune on")
     return train_set.select(positions), lacking
@@ -291,9 +305,9 @@ def init_head_from_probe(model: StudyClassifier, train_set: StudyDataset, device
     balanced logistic regressions, folded into the head's weights; labels with one class keep a zero row)."""
     vectors = study_vectors(model, train_set, EVAL_BATCH_STUDIES, device, progress=progress, description="probe head")
     scaler = StandardScaler().fit(vectors)
-    weight = np.zeros((len(LABELS), vectors.shape[1]))
-    bias = np.zeros(len(LABELS))
-    for k in range(len(LABELS)):
+    labels = len(train_set.label_names)
+    weight, bias = np.zeros((labels, vectors.shape[1])), np.zeros(labels)
+    for k in range(labels):
         rows = train_set.label_mask[:, k] > 0
         targets = train_set.labels[rows, k].astype(int)
         if np.unique(targets).size < 2:
@@ -308,27 +322,28 @@ def init_head_from_probe(model: StudyClassifier, train_set: StudyDataset, device
 
 
 def _initial_model(stored: dict | None, pretrained, requested: dict, run_dir: Path,
-                   settings: FinetuneSettings) -> StudyClassifier:
-    """A resumed run's architecture, the pretrained encoder (+ a fresh head), or a random one.
+                   settings: FinetuneSettings, head: dict) -> StudyClassifier:
+    """A resumed run's architecture, the pretrained encoder (+ a fresh ``head``), or a random one.
 
     A pretrained encoder may be fine-tuned at another image size (its position table is recomputed
-    for the new grid); the drop-path rate is the fine-tuning's own.
+    for the new grid); the drop-path rate is the fine-tuning's own. ``head`` sizes and names a new
+    model's outputs (:func:`label_head`).
     """
     if stored is not None:
         config = ModelConfig(**stored["model"])
         check_requested(run_dir, config.to_dict(), requested)
         if stored.get("pretrained") and not (run_dir / CHECKPOINT).is_file():  # stopped before its 1st checkpoint
-            return _initial_model(None, stored["pretrained"], requested, run_dir, settings)
+            return _initial_model(None, stored["pretrained"], requested, run_dir, settings, head)
         return StudyClassifier(config)
     if pretrained is None:
-        return StudyClassifier(model_config(**{"drop_path": settings.drop_path, **requested}))
+        return StudyClassifier(model_config(**{"drop_path": settings.drop_path, **requested, **head}))
     source = load(pretrained)
     fixed = {k: v for k, v in requested.items() if k not in RESIZABLE}
     check_requested(Path(pretrained), source.config.to_dict(), fixed)
     if isinstance(source, StudyClassifier):
         raise RunError(f"{pretrained}: is a fine-tuned model; --from takes a pretraining run")
     resized = {k: v for k, v in requested.items() if k in RESIZABLE}
-    return StudyClassifier.from_pretrained(source, drop_path=settings.drop_path, **resized)
+    return StudyClassifier.from_pretrained(source, drop_path=settings.drop_path, **resized, **head)
 
 
 @torch.no_grad()
@@ -348,8 +363,9 @@ def evaluate_validation(model: torch.nn.Module, dataset: StudyDataset, weight: t
         count += float(mask.sum())
         chunks.append(torch.sigmoid(logits.float()).cpu().numpy())
     model.train(was_training)
-    probabilities = np.concatenate(chunks) if chunks else np.zeros((0, len(LABELS)), np.float32)
-    auroc = label_metrics(probabilities, dataset.labels, dataset.label_mask, resamples=0)["mean"]["auroc"]
+    probabilities = np.concatenate(chunks) if chunks else np.zeros((0, len(dataset.label_names)), np.float32)
+    auroc = label_metrics(probabilities, dataset.labels, dataset.label_mask, resamples=0,
+                          labels=dataset.label_names)["mean"]["auroc"]
     return {"loss": total / max(count, 1.0), "auroc": auroc}
 
 
@@ -372,10 +388,11 @@ def evaluate_test_split(model: StudyClassifier, store: Store, settings: Finetune
         raise ValueError("the store has no labelled test studies to evaluate on")
     probabilities = predict_split(model, test_set, device, progress)
     metrics = label_metrics(probabilities, test_set.labels, test_set.label_mask, absent=absent,
-                            subjects=test_set.subject_ids, resamples=settings.resamples, seed=settings.seed)
+                            subjects=test_set.subject_ids, resamples=settings.resamples, seed=settings.seed,
+                            labels=test_set.label_names)
     metrics["split"] = "test"
     predictions = Predictions(test_set.study_ids, test_set.subject_ids, probabilities.astype(np.float64),
-                              test_set.labels, test_set.label_mask > 0, tuple(LABELS))
+                              test_set.labels, test_set.label_mask > 0, test_set.label_names)
     return metrics, predictions
 
 

@@ -120,6 +120,10 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def check_store_fits(store, config, store_path) -> None:
+    """ValueError in one line when the store's image size (or, for a classifier, its label names) does not fit."""
+    if config.label_names and tuple(config.label_names) != tuple(store.label_names):
+        raise ValueError(f"{store_path} has the {len(store.label_names)} {store.dataset} labels but the model was "
+                         f"fine-tuned for {len(config.label_names)} others; fine-tune a new run on this store")
     if store.image_size != config.image_size:
         raise ValueError(f"{store_path} holds {store.image_size}² images but the model takes {config.image_size}²; "
                          f"pass --image-size {store.image_size} or preprocess again")

@@ -1,4 +1,4 @@
-"""Pretraining (vanilla MAE or DiffMAE) on the train split of a store, with linear probes as it goes.
+"""Pretraining (vanilla MAE or DiffMAE) on the train split of one store or several pooled, with linear probes as it goes.
 
 Readable in one sitting: settings, then :func:`pretrain` — set up the run, then for every step
 take this rank's micro-batches, accumulate gradients, step AdamW, log; at the end of every epoch
@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.store import open_store
-from ..data.studies import StudyDataset
+from ..data.studies import PooledStudies, StudyDataset
 from ..fileio import read_json, write_json
 from ..models import from_config, model_config
 from ..models.presets import ModelConfig
@@ -78,39 +78,50 @@ def probe_due(epoch: int, settings: PretrainSettings) -> bool:
 
 
 def pretrain(
-    store_path: str | Path,
+    store_path: str | Path | list[str | Path],
     run_dir: str | Path,
     model: dict | None = None,
     train: dict | None = None,
     resume: bool = False,
     device: str | list[int] = "auto",
     progress: bool = True,
+    probe_store: str | Path | None = None,
 ) -> dict:
     """Pretrain into ``run_dir``; returns the summary also written to ``run_dir/summary.json``.
 
-    ``model``: ``preset``, ``scheme`` and any :class:`ModelConfig` field; ``train``: any
-    :class:`PretrainSettings` field. When resuming, the run's stored configuration is used and the
-    given values must agree with it (except ``probe_every``, ``save_every``, ``workers``, ``compile``).
+    ``store_path``: one store or a list of stores whose train splits are pooled (their image sizes
+    must agree); probes and figures use ``probe_store`` (default: the first store). ``model``:
+    ``preset``, ``scheme`` and any :class:`ModelConfig` field; ``train``: any :class:`PretrainSettings`
+    field. When resuming, the run's stored configuration is used and the given values must agree with
+    it (except ``probe_every``, ``save_every``, ``workers``, ``compile``).
     """
     run_dir, model, train = Path(run_dir), dict(model or {}), dict(train or {})
+    paths = [Path(p) for p in store_path] if isinstance(store_path, (list, tuple)) else [Path(store_path)]
     process, stored = open_run(run_dir, resume, device)
     config = _resolve_model(stored, model, run_dir)
     settings = resolve_settings(PretrainSettings, stored and stored["train"], train, MAY_CHANGE_ON_RESUME, run_dir)
 
-    store = open_store(store_path)
-    check_store_fits(store, config, store_path)
-    dataset = StudyDataset(store, split="train", max_views=settings.max_views)
+    stores = [open_store(path) for path in paths]
+    for path, one in zip(paths, stores):
+        check_store_fits(one, config, path)
+    store = open_store(probe_store) if probe_store else stores[0]
+    check_store_fits(store, config, probe_store or paths[0])
+    parts = [StudyDataset(one, split="train", max_views=settings.max_views) for one in stores]
+    dataset = parts[0] if len(parts) == 1 else PooledStudies(parts)
     views = dataset.view_counts()
     steps_per_epoch = len(dataset) // settings.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"--batch-size {settings.batch_size} is larger than the {len(dataset)} train studies "
-                         f"of {store_path}")
+                         f"of {', '.join(map(str, paths))}")
     total_steps = settings.epochs * steps_per_epoch
     distributed.barrier(process)  # every process has checked the run directory before the main one writes to it
     if process.is_main:
         write_json(run_dir / CONFIG, {
-            "command": "pretrain", "store": str(store_path), "model": config.to_dict(), "train": asdict(settings),
-            "data": {"train_studies": len(dataset), "train_images": int(views.sum()), "steps_per_epoch": steps_per_epoch},
+            "command": "pretrain", "store": str(paths[0]), "stores": [str(p) for p in paths],
+            "datasets": [one.dataset for one in stores], "probe_store": str(probe_store or paths[0]),
+            "model": config.to_dict(), "train": asdict(settings),
+            "data": {"train_studies": len(dataset), "train_images": int(views.sum()), "steps_per_epoch": steps_per_epoch,
+                     "train_studies_per_store": [len(part) for part in parts]},
         })
 
     torch.manual_seed(settings.seed)

@@ -13,10 +13,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..data.fractions import check_fraction, label_fraction_subset
-from ..data.labels import LABELS
-from ..data.mimic import SPLITS
 from ..data.store import Store
 from ..data.studies import StudyDataset, collate_studies
+from ..data.tree import SPLITS
 from ..fileio import atomic_path, write_json
 from ..results.bootstrap import DEFAULT_RESAMPLES
 from ..results.metrics import METRICS, format_interval, format_metric, format_table, label_metrics
@@ -63,18 +62,19 @@ def study_vectors(
 
 
 def linear_probe_scores(
-    train_x: np.ndarray, train_y: np.ndarray, train_mask: np.ndarray, eval_x: np.ndarray, seed: int = 0
+    train_x: np.ndarray, train_y: np.ndarray, train_mask: np.ndarray, eval_x: np.ndarray, labels: tuple[str, ...],
+    seed: int = 0,
 ) -> tuple[np.ndarray, dict[str, str]]:
-    """Probabilities ``[eval, 14]`` of one balanced logistic regression per label on standardised vectors.
+    """Probabilities ``[eval, len(labels)]`` of one balanced logistic regression per label on standardised vectors.
 
     Only train rows whose mask is 1 are fitted. A label with a single class among them is returned
     in ``absent`` (name -> ``only one class in train``) with probabilities 0.
     """
     scaler = StandardScaler().fit(train_x)
     train_z, eval_z = scaler.transform(train_x), scaler.transform(eval_x)
-    probabilities = np.zeros((len(eval_x), len(LABELS)), dtype=np.float64)
+    probabilities = np.zeros((len(eval_x), len(labels)), dtype=np.float64)
     absent = {}
-    for k, name in enumerate(LABELS):
+    for k, name in enumerate(labels):
         rows, targets = _fitted_rows(train_y, train_mask, k)
         if np.unique(targets).size < 2:
             absent[name] = ONE_CLASS_IN_TRAIN
@@ -85,9 +85,10 @@ def linear_probe_scores(
 
 
 def knn_scores(
-    train_x: np.ndarray, train_y: np.ndarray, train_mask: np.ndarray, eval_x: np.ndarray, k: int = DEFAULT_K
+    train_x: np.ndarray, train_y: np.ndarray, train_mask: np.ndarray, eval_x: np.ndarray, labels: tuple[str, ...],
+    k: int = DEFAULT_K,
 ) -> tuple[np.ndarray, dict[str, str]]:
-    """Probabilities ``[eval, 14]``: per label, the share of positives among the ``k`` nearest train studies.
+    """Probabilities ``[eval, len(labels)]``: per label, the share of positives among the ``k`` nearest train studies.
 
     Nearness is the cosine similarity of the study vectors; only train rows whose mask is 1 count
     for a label. Labels with a single class among them are returned in ``absent``.
@@ -95,9 +96,9 @@ def knn_scores(
     if k < 1:
         raise ValueError(f"k must be at least 1, not {k}")
     train_u, eval_u = _unit_rows(train_x), _unit_rows(eval_x)
-    probabilities = np.zeros((len(eval_x), len(LABELS)), dtype=np.float64)
+    probabilities = np.zeros((len(eval_x), len(labels)), dtype=np.float64)
     absent = {}
-    for label, name in enumerate(LABELS):
+    for label, name in enumerate(labels):
         rows, targets = _fitted_rows(train_y, train_mask, label)
         if np.unique(targets).size < 2:
             absent[name] = ONE_CLASS_IN_TRAIN
@@ -129,12 +130,13 @@ def linear_probe(
     eval_x: np.ndarray,
     eval_y: np.ndarray,
     eval_mask: np.ndarray,
+    labels: tuple[str, ...],
     seed: int = 0,
     eval_subjects: np.ndarray | None = None,
 ) -> dict:
     """:func:`linear_probe_scores` scored on eval: the :func:`label_metrics` dict (intervals over ``eval_subjects``)."""
-    probabilities, absent = linear_probe_scores(train_x, train_y, train_mask, eval_x, seed)
-    return label_metrics(probabilities, eval_y, eval_mask, absent=absent, subjects=eval_subjects)
+    probabilities, absent = linear_probe_scores(train_x, train_y, train_mask, eval_x, labels, seed)
+    return label_metrics(probabilities, eval_y, eval_mask, absent=absent, subjects=eval_subjects, labels=labels)
 
 
 @dataclass(frozen=True)
@@ -177,18 +179,18 @@ def score_vectors(train: SplitVectors, evaluate: SplitVectors, options: ProbeOpt
     Returns the :func:`label_metrics` dict (with the subset's size and the labels it lacks) and the
     per-study predictions of the eval split.
     """
-    labels = tuple(LABELS)
+    labels = train.dataset.label_names
     subset, lacking = label_fraction_subset(train.dataset.subject_ids, train.dataset.labels, train.dataset.label_mask,
                                             options.label_fraction, seed, labels)
     x, y, mask = train.vectors[subset], train.dataset.labels[subset], train.dataset.label_mask[subset]
     if options.method == "knn":
-        probabilities, absent = knn_scores(x, y, mask, evaluate.vectors, options.k)
+        probabilities, absent = knn_scores(x, y, mask, evaluate.vectors, labels, options.k)
     else:
-        probabilities, absent = linear_probe_scores(x, y, mask, evaluate.vectors, seed)
+        probabilities, absent = linear_probe_scores(x, y, mask, evaluate.vectors, labels, seed)
     absent = {**lacking, **absent}
     data = evaluate.dataset
     metrics = label_metrics(probabilities, data.labels, data.label_mask, absent=absent, subjects=data.subject_ids,
-                            resamples=options.resamples)
+                            resamples=options.resamples, labels=labels)
     predictions = Predictions(data.study_ids, data.subject_ids, probabilities, data.labels, data.label_mask > 0, labels)
     details = {"method": options.method, "label_fraction": options.label_fraction, "seed": seed,
                "train_studies_used": len(subset)}

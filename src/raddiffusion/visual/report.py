@@ -398,8 +398,8 @@ def configuration_section(runs: list[RunFiles]) -> str:
     parts = []
     model = [p if p and "model" in p else f for p, f in zip(pretrain, finetune)]
     for title, configs, keys, extra in (("Model", model, ("model",), ()),
-                                        ("Pretraining", pretrain, ("train", "data"), ("store",)),
-                                        ("Fine-tuning", finetune, ("train", "data"), ("store", "pretrained"))):
+                                        ("Pretraining", pretrain, ("train", "data"), ("stores", "datasets", "probe_store")),
+                                        ("Fine-tuning", finetune, ("train", "data"), ("store", "dataset", "pretrained", "pretrained_on"))):
         flats = config_rows(configs, keys, extra)
         body = settings_table(labels, flats) if any(flats) else ""
         body += absent_configs(runs, configs, title != "Fine-tuning")
@@ -418,18 +418,22 @@ def absent_configs(runs: list[RunFiles], configs: list[dict | None], pretraining
             + (missing(f"no readable {CONFIG} for: {', '.join(unread)}") if unread else ""))
 
 
-def store_of(run: RunFiles, store: Path | None) -> Path | None:
-    """The store given, else the one named in the run's pretraining (or fine-tuning) config."""
+def stores_of(run: RunFiles, store: Path | None) -> list[tuple[str, Path]]:
+    """``(role, path)`` of each store a run used: the one given, else the pretraining store(s) and the
+    fine-tuning (evaluation) store named in its configs."""
     if store is not None:
-        return Path(store)
-    for config in (run.pretrain_config(), run.finetune_config()):
-        if config and isinstance(config.get("store"), str):
-            return Path(config["store"])
-    return None
+        return [("given", Path(store))]
+    found = []
+    pretrain, finetune = run.pretrain_config() or {}, run.finetune_config() or {}
+    pretrained_on = pretrain.get("stores") or ([pretrain["store"]] if isinstance(pretrain.get("store"), str) else [])
+    found += [("pretraining", Path(path)) for path in pretrained_on]
+    if isinstance(finetune.get("store"), str):
+        found.append(("fine-tuning and test", Path(finetune["store"])))
+    return found
 
 
-def split_counts(store_path: Path) -> list[tuple[str, int, int, int]]:
-    """``(split, studies, images, labelled studies)`` per split of a store, then the total."""
+def open_counts(store_path: Path) -> tuple[object, list[tuple[str, int, int, int]]]:
+    """The opened store and ``(split, studies, images, labelled studies)`` per split, then the total."""
     from ..data.store import open_store
 
     store = open_store(store_path)
@@ -439,33 +443,34 @@ def split_counts(store_path: Path) -> list[tuple[str, int, int, int]]:
     for split, rows in [*((s, index[index["split"] == s]) for s in splits), ("all", index)]:
         studies = rows["study_id"].drop_duplicates()
         counts.append((split, len(studies), len(rows), int(studies.isin(labelled).sum())))
-    return counts
+    return store, counts
 
 
 def store_table(store_path: Path) -> str:
-    """The per-split counts of a store, or why they are not available."""
-    from ..data.mimic import DataError
+    """The store's dataset and label set, and its per-split counts, or why they are not available."""
+    from ..data.tree import DataError
 
     try:
-        counts = split_counts(store_path)
+        store, counts = open_counts(store_path)
     except (DataError, OSError, ValueError, KeyError) as error:
         return missing(f"store {store_path} unavailable: {error}")
     rows = [f'<tr{" class=mean" if split == "all" else ""}><th>{esc(split)}</th>'
             + "".join(f'<td class="num">{value}</td>' for value in values) + "</tr>"
             for split, *values in counts]
-    return table(["split", "studies", "images", "labelled studies"], rows)
+    labels = note(f"dataset {store.dataset}; {len(store.label_names)} labels: {', '.join(store.label_names)}")
+    return labels + table(["split", "studies", "images", "labelled studies"], rows)
 
 
 def data_section(runs: list[RunFiles], store: Path | None) -> str:
-    """Studies, images and labelled studies per split of each store the runs used."""
+    """Dataset, label set and studies, images and labelled studies per split of each store the runs used."""
     stores: dict[str, list[str]] = {}
     unknown = []
     for run in runs:
-        path = store_of(run, store)
-        if path is None:
+        used = stores_of(run, store)
+        if not used:
             unknown.append(run.label)
-        else:
-            stores.setdefault(str(path), []).append(run.label)
+        for role, path in used:
+            stores.setdefault(str(path), []).append(f"{run.label} ({role})" if role != "given" else run.label)
     parts = [f"<h3>store <code>{esc(path)}</code></h3>{note('used by: ' + ', '.join(labels))}"
              + store_table(Path(path)) for path, labels in stores.items()]
     if unknown:
