@@ -306,10 +306,12 @@ def _add_finetune(commands) -> None:
     from .train.finetune import FinetuneSettings
 
     cmd = commands.add_parser(
-        "finetune", help="fine-tune an encoder with a linear head on the 14 labels, then test",
-        description="Fine-tune (BCE with pos_weight 1/sqrt(prevalence), AdamW, cosine with warm-up, early stopping "
-        "on the validation loss, best checkpoint kept), then write per-label and mean AUROC / AUPRC / F1 on the "
-        "test split to RUN_DIR/test_metrics.json. Without --from the encoder starts from random weights.",
+        "finetune", help="fine-tune an encoder with a linear head on the store's labels, then test",
+        description="Fine-tune (BCE with pos_weight 1/sqrt(prevalence), AdamW, cosine with warm-up, the head started "
+        "from a linear probe, early stopping and the best checkpoint by validation mean AUROC, see --select-on), then write per-label and mean AUROC / AUPRC / F1 on the "
+        "test split to RUN_DIR/test_metrics.json. The head has one output per label of STORE (14 for MIMIC-CXR "
+        "and CheXpert, 15 for NIH); --from may name a run pretrained on other stores (transfer). Without --from the "
+        "encoder starts from random weights.",
     )
     cmd.add_argument("store", type=Path, metavar="STORE", help="store written by `raddiffusion preprocess`")
     cmd.add_argument("--run", type=Path, required=True, metavar="RUN_DIR", help="run directory to write")
@@ -424,9 +426,10 @@ def _add_embed(commands) -> None:
 
 def _add_predict(commands) -> None:
     cmd = commands.add_parser(
-        "predict", help="the 14 label probabilities of your own DICOM / JPG / PNG studies",
+        "predict", help="label probabilities of your own DICOM / JPG / PNG studies",
         description="Decode and preprocess the files exactly as `raddiffusion preprocess` does (border crop, resize "
-        "to the model's size) and print the fine-tuned model's probability of each of the 14 CheXpert labels, per "
+        "to the model's size) and print the fine-tuned model's probability of each of its labels (those of the "
+        "store it was fine-tuned on), per "
         "study, as JSON on stdout ({study: {label: probability}}) or CSV. All files are one study, or with "
         "--study-from-folder each folder is one. Files that cannot be read are named on stderr; the other "
         "studies are still predicted (exit code 1 if a study had no readable file).",
@@ -436,7 +439,7 @@ def _add_predict(commands) -> None:
                      help="DICOM, JPG or PNG files (a folder stands for the image files under it)")
     cmd.add_argument("--study-from-folder", action="store_true",
                      help="one study per folder of files (default: all files are one study)")
-    cmd.add_argument("--csv", action="store_true", help="CSV (study, views, 14 labels) instead of JSON")
+    cmd.add_argument("--csv", action="store_true", help="CSV (study, views, one column per label) instead of JSON")
     cmd.add_argument("--device", nargs="+", default=["auto"], help="auto, cpu, cuda or a GPU number")
     cmd.set_defaults(handler=run_predict)
 
