@@ -17,7 +17,7 @@ import raddiffusion as rd
 from raddiffusion.fileio import read_json
 from raddiffusion.results.compare import compare_predictions
 from raddiffusion.results.predictions import read_predictions
-from raddiffusion.results.runfiles import SUMMARY, TEST_PREDICTIONS, is_finished
+from raddiffusion.results.runfiles import SUMMARY, TEST_PREDICTIONS, is_finished, read_metrics
 from raddiffusion.train.finetune import finetune
 from raddiffusion.train.probe import probe_with_predictions, write_probe
 
@@ -56,6 +56,12 @@ def variant_predictions(run: Path, store: Path, out: Path, train: dict):
     return read_predictions(out / TEST_PREDICTIONS), read_json(out / SUMMARY)
 
 
+def validation_aurocs(out: Path, best_epoch: int) -> dict:
+    """Validation mean AUROC of epoch 0 (the probe head, when there is one) and of the best epoch."""
+    by_epoch = {r["epoch"]: r["val_auroc"] for r in read_metrics(out) if r.get("kind") == "epoch"}
+    return {"validation_epoch0": by_epoch.get(0), "validation_best": by_epoch.get(best_epoch)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("store", type=Path)
@@ -73,6 +79,7 @@ def main() -> None:
             compared = compare_predictions(tuned, probe)
             results.append({
                 "run": str(run), "variant": name, "settings": VARIANTS[name], "best_epoch": summary["best_epoch"],
+                **validation_aurocs(folder / name, summary["best_epoch"]),
                 "finetune_auroc": compared["a"]["auroc"], "finetune_ci95": compared["a"]["auroc_ci95"],
                 "probe_auroc": compared["b"]["auroc"], "probe_ci95": compared["b"]["auroc_ci95"],
                 "finetune_minus_probe": compared["difference"]["difference"],

@@ -225,6 +225,7 @@ def test_pretraining_pools_several_stores(demo, tmp_path):
     per_store = [len(rd.StudyDataset(rd.open_store(stores[name]))) for name in ("mimic", "nih")]
     assert config["data"]["train_studies_per_store"] == per_store and config["data"]["train_studies"] == sum(per_store)
     assert list(json.loads((run / "probe" / "epoch_000.json").read_text())["labels"]) == list(NIH_LABELS)
+    assert main(["pretrain", str(stores["nih"]), str(stores["mimic"]), "--run", str(run), "--resume", *TINY_RUN]) == 2
 
 
 def test_transfer_pretrain_on_mimic_probe_and_finetune_on_nih_and_chexpert(demo, tmp_path, capsys):

@@ -38,7 +38,7 @@ from .optim import build_optimizer, set_learning_rate, warmup_cosine
 from .probe import probe_with_predictions, write_probe
 from ..visual.study import ANIMATION, FIGURES, reconstruction_figures, reference_study
 from ..results.runfiles import CHECKPOINT, CONFIG, PROBE_DIR, SUMMARY
-from .runs import MetricsLog, check_requested, load_checkpoint, save_checkpoint
+from .runs import MetricsLog, RunError, check_requested, load_checkpoint, save_checkpoint
 
 PROBE_BATCH_STUDIES = 64
 MAY_CHANGE_ON_RESUME = {"probe_every", "save_every", "workers", "compile", "reference_study"}  # weights unchanged
@@ -101,6 +101,8 @@ def pretrain(
     config = _resolve_model(stored, model, run_dir)
     settings = resolve_settings(PretrainSettings, stored and stored["train"], train, MAY_CHANGE_ON_RESUME, run_dir)
 
+    if stored is not None:
+        _check_same_stores(run_dir, stored, paths)
     stores = [open_store(path) for path in paths]
     for path, one in zip(paths, stores):
         check_store_fits(one, config, path)
@@ -199,6 +201,14 @@ def figure_reference(store, study_id: int | None) -> tuple[dict, int] | None:
     except ValueError as exc:
         tqdm.write(f"no figures of a reference study: {exc}")
         return None
+
+
+def _check_same_stores(run_dir: Path, stored: dict, paths: list[Path]) -> None:
+    """A resumed run must pool the same stores in the same order (the epochs' batches depend on them)."""
+    before = [Path(p).resolve() for p in stored.get("stores") or [stored["store"]]]
+    if before != [p.resolve() for p in paths]:
+        raise RunError(f"{run_dir} was pretrained on {', '.join(map(str, before))}; resume it with the same "
+                       "STORE arguments, in the same order")
 
 
 def _resolve_model(stored: dict | None, requested: dict, run_dir: Path) -> ModelConfig:
