@@ -287,3 +287,127 @@ def test_timestep_embedding_stays_on_the_device_of_its_timesteps():
 
     embedded = timestep_embedding(torch.arange(5, device="meta"), 16)
     assert embedded.device.type == "meta" and embedded.shape == (5, 16)
+
+
+CHECKPOINT_CASES = [("vanilla", "joint"), ("diffusion", "joint"), ("diffusion", "cross"), ("diffusion", "cross-self")]
+
+
+def twin_with_checkpointing(model: torch.nn.Module) -> torch.nn.Module:
+    """The same model (same weights) with ``grad_checkpoint`` switched on."""
+    twin = create(**{**model.config.to_dict(), "grad_checkpoint": True})
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
+def loss_and_gradients(model: torch.nn.Module, loss_of, seed: int = 3) -> tuple[torch.Tensor, dict]:
+    """One training forward + backward from the same random state: drop path draws from the global state."""
+    model.train().zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    loss = loss_of(model)
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def assert_same_training(plain: torch.nn.Module, checkpointed: torch.nn.Module, loss_of) -> None:
+    loss, grads = loss_and_gradients(plain, loss_of)
+    loss_c, grads_c = loss_and_gradients(checkpointed, loss_of)
+    torch.testing.assert_close(loss_c, loss, rtol=1e-6, atol=1e-7)
+    assert grads_c.keys() == grads.keys() and all(g.abs().sum() > 0 for g in grads.values())
+    for name in grads:
+        assert torch.allclose(grads_c[name], grads[name], rtol=1e-5, atol=1e-7), name
+    with torch.no_grad():  # drop path was active: the training loss is not the eval loss
+        assert not torch.equal(loss, loss_of(plain.eval()))
+
+
+def pretraining_loss(x: torch.Tensor, lengths: list[int]):
+    return lambda model: model.loss(x, lengths, torch.Generator().manual_seed(7))
+
+
+@pytest.mark.parametrize("scheme,decoder", CHECKPOINT_CASES)
+def test_grad_checkpoint_keeps_the_loss_and_every_gradient(scheme, decoder):
+    plain = tiny(scheme, decoder=decoder, depth=3, decoder_depth=2, drop_path=0.5)
+    checkpointed = twin_with_checkpointing(plain)
+    assert checkpointed.config.grad_checkpoint and not plain.config.grad_checkpoint
+    assert_same_training(plain, checkpointed, pretraining_loss(images(5), [2, 3]))
+
+
+def test_grad_checkpoint_keeps_the_classifier_loss_and_gradients():
+    from raddiffusion.models import StudyClassifier
+
+    pretrained = tiny(depth=3)
+    plain = StudyClassifier.from_pretrained(pretrained, drop_path=0.5)
+    checkpointed = StudyClassifier.from_pretrained(pretrained, drop_path=0.5, grad_checkpoint=True)
+    checkpointed.load_state_dict(plain.state_dict())  # the same fresh head
+    assert checkpointed.config.grad_checkpoint and checkpointed.encoder.grad_checkpoint
+    x, lengths = images(5), [2, 3]
+    labels = (torch.rand(2, plain.config.num_labels, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+    assert_same_training(plain, checkpointed,
+                         lambda model: torch.nn.functional.binary_cross_entropy_with_logits(model(x, lengths), labels))
+
+
+@pytest.mark.parametrize("scheme,decoder", CHECKPOINT_CASES)
+def test_grad_checkpoint_runs_every_block_checkpointed_only_when_training(scheme, decoder, monkeypatch):
+    import torch.utils.checkpoint
+
+    calls = []
+    original = torch.utils.checkpoint.checkpoint
+
+    def counting(function, *args, **kwargs):
+        calls.append(function)
+        assert kwargs["use_reentrant"] is False and kwargs.get("preserve_rng_state", True)
+        return original(function, *args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counting)
+    model = tiny(scheme, decoder=decoder, depth=3, decoder_depth=4, grad_checkpoint=True)
+    blocks = [*model.encoder.blocks, *model.decoder_blocks]
+    loss_of = pretraining_loss(images(3), [1, 2])
+    loss_of(model.train()).backward()
+    assert [id(block) for block in calls] == [id(block) for block in blocks]  # each block once, in order
+    calls.clear()
+    with torch.no_grad():
+        loss_of(model.train())
+    loss_of(model.eval())
+    model.embed(images(3), [1, 2])
+    model.reconstruct(images(3), [1, 2], steps=2)
+    assert calls == []
+    tiny(scheme, decoder=decoder).train().loss(images(3), [1, 2]).backward()  # off by default
+    assert calls == []
+
+
+def test_grad_checkpoint_is_a_runtime_option_of_saved_models_and_resumed_runs(tmp_path):
+    from raddiffusion.cli import MODEL_OPTIONS, _explicit, build_parser
+    from raddiffusion.models import ModelConfig
+    from raddiffusion.train.checkpoint import save_model
+    from raddiffusion.train.finetune import FinetuneSettings, _initial_model
+    from raddiffusion.train.pretrain import _resolve_model
+    from raddiffusion.train.runs import RunError, load_checkpoint, save_checkpoint
+
+    old = tiny().config.to_dict()
+    del old["grad_checkpoint"]  # a configuration saved before the option existed
+    assert ModelConfig(**old).grad_checkpoint is False and create(**old).encoder.grad_checkpoint is False
+    # a training checkpoint loads whatever grad_checkpoint it was saved with
+    plain, checkpointed = tiny(), tiny(grad_checkpoint=True)
+    optimizer = torch.optim.AdamW(plain.parameters())
+    save_checkpoint(tmp_path / "checkpoint.safetensors", plain, optimizer, {"step": 4})
+    assert load_checkpoint(tmp_path / "checkpoint.safetensors", checkpointed, None) == {"step": 4}
+    with pytest.raises(Exception, match="another model"):
+        load_checkpoint(tmp_path / "checkpoint.safetensors", tiny(mask_ratio=0.25), None)
+    # a resumed run may switch it on or off, and nothing else
+    stored = {"model": plain.config.to_dict()}
+    assert _resolve_model(stored, {"preset": "xs", "grad_checkpoint": True}, tmp_path).grad_checkpoint is True
+    assert _resolve_model(stored, {}, tmp_path) == plain.config
+    with pytest.raises(RunError, match="mask_ratio"):
+        _resolve_model(stored, {"grad_checkpoint": True, "mask_ratio": 0.25}, tmp_path)
+    classifier = _initial_model(stored, None, {"grad_checkpoint": True}, tmp_path, None, {})
+    assert classifier.config.grad_checkpoint and classifier.encoder.grad_checkpoint
+    # fine-tuning a pretrained encoder may switch it on
+    save_model(plain, tmp_path / "pretrained.safetensors")
+    classifier = _initial_model(None, tmp_path / "pretrained.safetensors", {"grad_checkpoint": True}, tmp_path,
+                                FinetuneSettings(), {})
+    assert classifier.config.grad_checkpoint and classifier.encoder.grad_checkpoint
+    # the command line
+    for command in (["pretrain", "STORE"], ["finetune", "STORE"]):
+        args = build_parser().parse_args([*command, "--run", "R", "--grad-checkpoint"])
+        assert _explicit(args, MODEL_OPTIONS)["grad_checkpoint"] is True
+        args = build_parser().parse_args([*command, "--run", "R"])
+        assert "grad_checkpoint" not in _explicit(args, MODEL_OPTIONS)

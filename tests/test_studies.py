@@ -117,3 +117,28 @@ def test_distributed_sampler_splits_studies_between_ranks(store):
         seen.append([int(s) for batch in loader for s in batch["study_id"]])
     assert len(seen[0]) == len(seen[1])
     assert set(seen[0]) | set(seen[1]) == set(ds.study_ids.tolist())
+
+
+def test_uint8_batches_become_the_same_float_input_on_the_device(store):
+    """Training batches cross to the device as uint8 and are converted there to exactly collate_studies' floats."""
+    from raddiffusion.data.studies import collate_study_pixels
+    from raddiffusion.train.batches import EpochPlan
+    from raddiffusion.train.loop import to_device, training_loader
+
+    ds = rd.StudyDataset(store, split=None)
+    items = [ds[i] for i in range(len(ds))]
+    pixels, floats = collate_study_pixels(items), rd.collate_studies(items)
+    assert pixels["images"].dtype == torch.uint8 and pixels["images"].shape == floats["images"].shape
+    moved = to_device(pixels, torch.device("cpu"))
+    assert torch.equal(moved["images"], floats["images"])
+    for key in ("lengths", "labels", "label_mask", "study_id"):
+        assert torch.equal(moved[key], floats[key])
+
+    loader, sampler = training_loader(ds, workers=2, device=torch.device("cpu"))
+    for epoch in range(2):  # one loader, its workers kept, a new epoch's batches each time
+        plan = EpochPlan(ds.view_counts(), batch_size=2, micro_batches_per_rank=1, rank=0, ranks=1, seed=0, epoch=epoch)
+        sampler.start(plan, first_step=1)
+        batches = list(loader)
+        assert len(batches) == plan.steps - 1
+        expected = [mb.studies.tolist() for step in range(1, plan.steps) for mb in plan.micro_batches(step)]
+        assert [b["study_id"].tolist() for b in batches] == [list(ds.study_ids[e]) for e in expected]

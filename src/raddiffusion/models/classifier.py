@@ -30,7 +30,8 @@ class StudyClassifier(nn.Module):
         """A classifier whose encoder starts from a pretrained model's encoder (the head starts fresh).
 
         ``overrides`` are :class:`ModelConfig` fields that leave the encoder's weights usable, e.g.
-        ``image_size=512`` (the fixed position table is recomputed for the new patch grid) or ``drop_path=0.1``.
+        ``image_size=512`` (the fixed position table is recomputed for the new patch grid), ``drop_path=0.1``
+        or ``grad_checkpoint=True``.
         """
         for name in ENCODER_SHAPE_FIELDS:
             if name in overrides and overrides[name] != getattr(pretrainer.config, name):

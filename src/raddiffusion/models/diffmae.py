@@ -33,6 +33,7 @@ from .vit import (
     grid_shape,
     layer_norm,
     patchify,
+    run_block,
     select_patches,
     sincos_2d,
     timestep_embedding,
@@ -98,14 +99,15 @@ class DiffMAE(StudyPretrainer):
         x = self.noised_embed(noised) + self.decoder_pos_embed[masked]
         if self.time_embed is not None:
             x = x + self.time_embed(timestep_embedding(t, x.shape[-1]))[:, None]
+        checkpoint = self.config.grad_checkpoint
         if self.config.decoder == "joint":
             x = torch.cat([context, x], dim=1)
             for block in self.decoder_blocks:
-                x = fuse_cls(block(x), studies)
+                x = fuse_cls(run_block(block, x, checkpoint=checkpoint), studies)
             x = x[:, context.shape[1] :]
         else:
             for block in self.decoder_blocks:
-                x = block(x, context)
+                x = run_block(block, x, context, checkpoint=checkpoint)
         return self.decoder_pred(self.decoder_norm(x))
 
     def loss(

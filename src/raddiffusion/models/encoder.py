@@ -17,6 +17,7 @@ from .vit import (
     patch_grid,
     patchify,
     random_masking,
+    run_block,
     sincos_2d,
 )
 
@@ -27,6 +28,8 @@ class StudyEncoder(nn.Module):
     After every block the CLS tokens of a study are replaced by their mean (the study bottleneck): the
     only path between the views of a study. Only the patches it is given are embedded. While training,
     block ``i`` drops its residual branches per image at :func:`drop_path_rates` (``config.drop_path``).
+    With ``config.grad_checkpoint`` each block runs under activation checkpointing while training
+    (:func:`run_block`); the CLS fusion stays outside, between the checkpointed blocks.
     """
 
     def __init__(self, config: ModelConfig):
@@ -41,6 +44,7 @@ class StudyEncoder(nn.Module):
             for rate in drop_path_rates(config.drop_path, config.depth)
         )
         self.norm = layer_norm(config.width)
+        self.grad_checkpoint = config.grad_checkpoint
 
     def embed_patches(self, patches: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
         """``patches [N, K, patch²]`` at patch numbers ``positions [N, K]`` (``None``: all, in order) -> tokens."""
@@ -56,7 +60,7 @@ class StudyEncoder(nn.Module):
         x = self.embed_patches(patches, positions)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         for block in self.blocks:
-            x = fuse_cls(block(x), studies)
+            x = fuse_cls(run_block(block, x, checkpoint=self.grad_checkpoint), studies)
         return self.norm(x)
 
 

@@ -20,6 +20,7 @@ from .vit import (
     grid_shape,
     layer_norm,
     patchify,
+    run_block,
     select_patches,
     sincos_2d,
     unpatchify,
@@ -72,7 +73,7 @@ class MAE(StudyPretrainer):
         x = with_positions(self.decoder_embed(latent), position[visible])
         x = torch.cat([x, self.mask_token + position[masked]], dim=1)
         for block in self.decoder_blocks:
-            x = fuse_cls(block(x), studies)
+            x = fuse_cls(run_block(block, x, checkpoint=self.config.grad_checkpoint), studies)
         x = self.decoder_norm(x[:, latent.shape[1] :])
         statistics = self.statistics_pred(x) if self.statistics_pred is not None else None
         return self.decoder_pred(x), statistics

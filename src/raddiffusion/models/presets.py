@@ -17,6 +17,7 @@ PRESET_TABLE = {
     "b":  (16,   256,  768,  12,   12,  3072,       512,     8,    16,    2048,  0.5),
 }
 PRESETS = {name: dict(zip(PRESET_FIELDS, row)) for name, row in PRESET_TABLE.items()}
+RUNTIME_FIELDS = ("grad_checkpoint",)  # how a model runs, not its weights: a checkpoint loads whatever they are
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,11 @@ class ModelConfig:
     ``decoder``, ``schedule``, ``timesteps`` (``None``: the schedule's own) and ``time_embedding`` are
     DiffMAE options; ``norm_pix_loss`` is the vanilla MAE's. ``drop_path`` is the stochastic-depth rate of
     the encoder's last block (0 for the first, linear in between; decoders have none).
+
+    ``grad_checkpoint`` (activation checkpointing) changes how the model runs, not its weights or results:
+    while training with gradients on, every transformer block (encoder and decoder) keeps only its input
+    and recomputes its activations in the backward pass (about a third more time, far less memory; for
+    512² and 1024² images). It is one of :data:`RUNTIME_FIELDS`.
     """
 
     preset: str
@@ -49,6 +55,7 @@ class ModelConfig:
     num_labels: int = NUM_LABELS
     drop_path: float = 0.0
     label_names: tuple[str, ...] = ()  # the head's outputs, in order; () for pretraining (and older models)
+    grad_checkpoint: bool = False  # recompute block activations in the backward pass (not saved by older models)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "label_names", tuple(self.label_names))  # JSON gives a list

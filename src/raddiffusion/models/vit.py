@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 LAYER_NORM_EPS = 1e-12
@@ -190,6 +191,19 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + drop_path(self.attn(self.norm1(x)), self.drop_path_rate, self.training)
         return x + drop_path(self.mlp(self.norm2(x)), self.drop_path_rate, self.training)
+
+
+def run_block(block: nn.Module, *inputs: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
+    """``block(*inputs)``; with ``checkpoint``, while training with gradients on, under activation checkpointing.
+
+    A checkpointed block keeps only its inputs and runs its forward again in the backward pass
+    (``torch.utils.checkpoint``, non-reentrant): the same values and gradients, since the random state
+    is restored for the rerun (drop path draws the same samples). In eval mode or under ``no_grad`` it
+    is a plain call.
+    """
+    if checkpoint and block.training and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(block, *inputs, use_reentrant=False, preserve_rng_state=True)
+    return block(*inputs)
 
 
 def init_weights(module: nn.Module) -> None:

@@ -11,6 +11,7 @@ SUMMARY = "summary.json"
 TEST_METRICS = "test_metrics.json"
 TEST_PREDICTIONS = "test_predictions.csv"
 PROBE_DIR = "probe"
+LOCK = ".lock"  # held (flock) by the process training in the run directory; holds its pid and host
 
 
 def is_finished(run_dir: Path) -> bool:

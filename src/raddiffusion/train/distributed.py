@@ -12,11 +12,13 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc mallopt parameters
+COLLECTIVE_TIMEOUT = timedelta(hours=2)  # the other ranks wait at a barrier while rank 0 probes a large store
 NEVER_TRIM = 2**31 - 1
 
 
@@ -76,7 +78,7 @@ def start(device: str | list[int] = "auto") -> Process:
     if use_gpu:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_gpu else "gloo")
+        dist.init_process_group("nccl" if use_gpu else "gloo", timeout=COLLECTIVE_TIMEOUT)
     chosen = torch.device("cuda", local_rank) if use_gpu else torch.device("cpu")
     return Process(dist.get_rank(), dist.get_world_size(), local_rank, chosen)
 
@@ -106,6 +108,20 @@ def global_sum(value: torch.Tensor, process: Process) -> torch.Tensor:
         value = value.clone()
         dist.all_reduce(value)
     return value
+
+
+def global_max(value: int, process: Process) -> int:
+    """The largest of every process's ``value`` (``value`` itself in a single process, without communication)."""
+    if not process.distributed:
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=process.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
+def global_any(flag: bool, process: Process) -> bool:
+    """Is ``flag`` true in any process?"""
+    return global_max(int(flag), process) > 0
 
 
 def keep_freed_memory() -> bool:

@@ -15,7 +15,7 @@ contrast, no horizontal flip), and the label-efficient protocol (a seeded subset
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ from ..data.store import Store, open_store
 from ..data.studies import StudyDataset, collate_studies
 from ..fileio import atomic_path, read_json, write_json
 from ..models import StudyClassifier, model_config
-from ..models.presets import ModelConfig
+from ..models.presets import RUNTIME_FIELDS, ModelConfig
 from ..results.bootstrap import DEFAULT_RESAMPLES
 from ..results.metrics import format_metric, format_table, label_metrics
 from ..results.predictions import Predictions, write_predictions
@@ -40,18 +40,22 @@ from ..visual.study import ATTENTION, FIGURES, attention_map_figure
 from . import distributed
 from .batches import EpochPlan, micro_batch_generator
 from .checkpoint import load, save_model
+from .microbatch import check_micro_batch, resolve_micro_batch
 from .loop import (
     accumulate_gradients,
     check_finite,
     check_precision,
     check_store_fits,
-    micro_batch_loader,
     open_run,
+    releases_run_lock,
     resolve_settings,
     to_device,
+    training_loader,
+    tune_allocator,
     wrap_for_training,
 )
 from .optim import build_classifier_optimizer, set_learning_rate, warmup_cosine
+from .preemption import Preemption
 from .pretrain import figure_reference
 from .probe import MAX_ITER, over_seeds, study_vectors
 from .runs import MetricsLog, RunError, check_requested, load_checkpoint, save_checkpoint
@@ -59,10 +63,11 @@ from .runs import MetricsLog, RunError, check_requested, load_checkpoint, save_c
 BEST_WEIGHTS = "model.safetensors"
 CPU = torch.device("cpu")  # augmentation parameters are drawn here, whatever the device
 EVAL_BATCH_STUDIES = 64
-MAY_CHANGE_ON_RESUME = {"save_every", "workers", "compile", "reference_study", "resamples"}
+MAY_CHANGE_ON_RESUME = {"save_every", "workers", "compile", "reference_study", "resamples",
+                        "micro_batch"}  # settled when the run started: a resumed run keeps its accumulation
 HEAD_INITS = ("probe", "random")
 SELECTION = ("auroc", "loss")
-RESIZABLE = ("image_size",)  # model options a fine-tuning may change from its pretrained model
+RESIZABLE = ("image_size", *RUNTIME_FIELDS)  # model options a fine-tuning may change from its pretrained model
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,8 @@ class FinetuneSettings:
 
     epochs: int = 20
     batch_size: int = 64  # studies per optimizer step, over all processes
-    accumulation: int = 1
+    accumulation: int = 1  # micro-batches per process and step
+    micro_batch: int | str | None = None  # studies per micro-batch, or "auto" (GPU); sets accumulation on a new run
     lr: float = 5e-5
     weight_decay: float = 0.05
     warmup_fraction: float = 0.05
@@ -102,6 +108,7 @@ class FinetuneSettings:
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
+        check_micro_batch(self.micro_batch)
         check_fraction(self.label_fraction)
         if self.select_on not in SELECTION:
             raise ValueError(f"select_on must be one of {', '.join(SELECTION)}, not {self.select_on!r}")
@@ -133,6 +140,7 @@ def masked_bce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, w
     return (losses * mask).sum() / mask.sum().clamp(min=1.0)
 
 
+@releases_run_lock
 def finetune(
     store_path: str | Path,
     run_dir: str | Path,
@@ -151,6 +159,7 @@ def finetune(
     torch.manual_seed(settings.seed)
     net = _initial_model(stored, pretrained, model, run_dir, settings, label_head(store)).to(process.device)
     check_store_fits(store, net.config, store_path)
+    tune_allocator(process, net.config)
 
     def dataset(split: str) -> StudyDataset:
         return StudyDataset(store, split=split, label_policy=settings.label_policy, max_views=settings.max_views,
@@ -166,6 +175,10 @@ def finetune(
     if len(dataset("test")) == 0:
         raise ValueError(f"{store_path} has no labelled test studies: fine-tuning ends by testing on them")
     weight = pos_weight(train_set).to(process.device)
+    if stored is None and settings.micro_batch is not None:
+        micro, accumulation = resolve_micro_batch(settings.micro_batch, batch_size, process.ranks, int(views.max()),
+                                                  process.device, settings.precision, lambda: StudyClassifier(net.config))
+        settings = replace(settings, micro_batch=micro, accumulation=accumulation)
     distributed.barrier(process)  # every process has checked the run directory before it is written
     if process.is_main and stored is None:
         write_json(run_dir / CONFIG, {
@@ -199,42 +212,49 @@ def finetune(
         return masked_bce(model(images, batch["lengths"]), batch["labels"], batch["label_mask"], weight)
 
     started = time.perf_counter() - state["seconds"]
-    for epoch in range(state["step"] // steps_per_epoch, settings.epochs):
-        if state["bad_epochs"] >= settings.patience:
-            break
-        plan = EpochPlan(views, batch_size, settings.accumulation, process.rank, process.ranks, settings.seed, epoch)
-        first = state["step"] - epoch * steps_per_epoch
-        batches = iter(micro_batch_loader(train_set, plan, first, settings.workers, process.device))
-        bar = tqdm(range(first, steps_per_epoch), desc=f"finetune epoch {epoch + 1}/{settings.epochs}", unit="step",
-                   disable=not (progress and process.is_main), dynamic_ncols=True)
-        encoder_factor = 0.0 if epoch < settings.head_warmup_epochs else 1.0
-        for step_in_epoch in bar:
-            step = epoch * steps_per_epoch + step_in_epoch
-            lr = settings.lr * warmup_cosine(step, total_steps, settings.warmup_fraction)
-            set_learning_rate(optimizer, lr, encoder_factor)
-            micro = [to_device(next(batches), process.device) for _ in range(settings.accumulation)]
-            for mb, batch in zip(plan.micro_batches(step_in_epoch), micro):
-                batch["generator"] = micro_batch_generator(settings.seed, step, mb.index, CPU)
-            shares = [len(batch["lengths"]) / batch_size for batch in micro]
-            local = accumulate_gradients(trainer, micro, shares, process.ranks, objective, settings.precision)
-            loss = distributed.global_sum(local, process).item()
-            check_finite(loss, step + 1, checkpoint)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.update(step=step + 1, epoch_loss=state["epoch_loss"] + loss, seconds=time.perf_counter() - started)
-            log.write({"kind": "step", "step": step + 1, "epoch": epoch + 1, "loss": loss, "lr": lr})
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-            if (step + 1) % settings.save_every == 0 and step_in_epoch + 1 < steps_per_epoch and process.is_main:
+    loader, epoch_batches = training_loader(train_set, settings.workers, process.device)
+    with Preemption(process) as preemption:  # SIGTERM / SIGUSR1: stop after a step with the checkpoint written
+        for epoch in range(state["step"] // steps_per_epoch, settings.epochs):
+            if state["bad_epochs"] >= settings.patience:
+                break
+            plan = EpochPlan(views, batch_size, settings.accumulation, process.rank, process.ranks, settings.seed, epoch)
+            first = state["step"] - epoch * steps_per_epoch
+            epoch_batches.start(plan, first)
+            batches = iter(loader)
+            bar = tqdm(range(first, steps_per_epoch), desc=f"finetune epoch {epoch + 1}/{settings.epochs}", unit="step",
+                       disable=not (progress and process.is_main), dynamic_ncols=True)
+            encoder_factor = 0.0 if epoch < settings.head_warmup_epochs else 1.0
+            for step_in_epoch in bar:
+                step = epoch * steps_per_epoch + step_in_epoch
+                lr = settings.lr * warmup_cosine(step, total_steps, settings.warmup_fraction)
+                set_learning_rate(optimizer, lr, encoder_factor)
+                micro = [to_device(next(batches), process.device) for _ in range(settings.accumulation)]
+                for mb, batch in zip(plan.micro_batches(step_in_epoch), micro):
+                    batch["generator"] = micro_batch_generator(settings.seed, step, mb.index, CPU)
+                shares = [len(batch["lengths"]) / batch_size for batch in micro]
+                local = accumulate_gradients(trainer, micro, shares, process.ranks, objective, settings.precision)
+                loss = distributed.global_sum(local, process).item()
+                check_finite(loss, step + 1, checkpoint)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.update(step=step + 1, epoch_loss=state["epoch_loss"] + loss, seconds=time.perf_counter() - started)
+                log.write({"kind": "step", "step": step + 1, "epoch": epoch + 1, "loss": loss, "lr": lr})
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+                if (step + 1) % settings.save_every == 0 and step_in_epoch + 1 < steps_per_epoch and process.is_main:
+                    save_checkpoint(checkpoint, net, optimizer, state)
+                if step_in_epoch + 1 < steps_per_epoch:  # at an epoch's end: once its checkpoint is written
+                    preemption.stop_if_requested(state["step"], checkpoint,
+                                                 lambda: save_checkpoint(checkpoint, net, optimizer, state))
+            bar.close()
+            validation = evaluate_validation(net, val_set, weight, process.device, settings.precision)
+            state["epochs_run"] = epoch + 1
+            state = _keep_if_best(state, validation, settings.select_on, epoch + 1, net, run_dir, process, log, progress,
+                                  state["epoch_loss"] / steps_per_epoch)
+            state["epoch_loss"] = 0.0
+            if process.is_main:
                 save_checkpoint(checkpoint, net, optimizer, state)
-        bar.close()
-        validation = evaluate_validation(net, val_set, weight, process.device, settings.precision)
-        state["epochs_run"] = epoch + 1
-        state = _keep_if_best(state, validation, settings.select_on, epoch + 1, net, run_dir, process, log, progress,
-                              state["epoch_loss"] / steps_per_epoch)
-        state["epoch_loss"] = 0.0
-        if process.is_main:
-            save_checkpoint(checkpoint, net, optimizer, state)
-        distributed.barrier(process)
+            distributed.barrier(process)
+            preemption.stop_if_requested(state["step"], checkpoint)
 
     summary = {"command": "finetune", "epochs_run": state["epochs_run"], "best_epoch": state["best_epoch"],
                "selected_on": settings.select_on, "best_val_loss": state["best_val_loss"], "steps": state["step"], "seconds": round(state["seconds"], 1),
@@ -331,7 +351,8 @@ def _initial_model(stored: dict | None, pretrained, requested: dict, run_dir: Pa
     """
     if stored is not None:
         config = ModelConfig(**stored["model"])
-        check_requested(run_dir, config.to_dict(), requested)
+        check_requested(run_dir, config.to_dict(), {k: v for k, v in requested.items() if k not in RUNTIME_FIELDS})
+        config = replace(config, **{k: v for k, v in requested.items() if k in RUNTIME_FIELDS})  # e.g. grad_checkpoint
         if stored.get("pretrained") and not (run_dir / CHECKPOINT).is_file():  # stopped before its 1st checkpoint
             return _initial_model(None, stored["pretrained"], requested, run_dir, settings, head)
         return StudyClassifier(config)

@@ -1,7 +1,13 @@
 """What the pretraining and fine-tuning loops share: settings on resume, loaders, one optimizer step."""
 from __future__ import annotations
 
+import errno
+import fcntl
+import functools
 import math
+import os
+import socket
+import sys
 from contextlib import nullcontext
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -10,12 +16,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ..data.studies import StudyDataset, collate_studies
+from ..data.studies import StudyDataset, collate_study_pixels, unit_range
 from ..fileio import read_json
 from . import distributed
 from .batches import EpochPlan
 from .distributed import Process
-from ..results.runfiles import CONFIG
+from .preemption import ignore_in_worker
+from ..results.runfiles import CONFIG, LOCK
 from .runs import RunError, check_requested
 
 PRECISIONS = ("fp32", "bf16")
@@ -41,16 +48,106 @@ def resolve_settings(cls, stored: dict | None, requested: dict, may_change: set[
 def open_run(run_dir: Path, resume: bool, device: str | list[int]) -> tuple[Process, dict | None]:
     """Start this process (see :func:`distributed.start`) and read a resumed run's stored configuration.
 
-    Returns ``(process, stored)``; ``stored`` is None for a new run. A run directory that already
-    holds a run without ``resume`` is refused.
+    Returns ``(process, stored)``; ``stored`` is None for a new run. A run directory that another
+    process is training in (see :func:`lock_run`), or that already holds a run without ``resume``, is refused.
     """
     process = distributed.start(device)
-    if process.device.type == "cpu":
-        distributed.keep_freed_memory()
+    lock_run(run_dir, process)
     config = run_dir / CONFIG
     if config.is_file() and not resume:
         raise RunError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --run")
     return process, read_json(config) if config.is_file() else None
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``RUN_DIR/.lock`` (which names the holder's pid and host), held while the file is open.
+
+    The kernel drops the lock when its holder ends, however it ends (even ``kill -9``): a lock file left
+    behind never blocks a later run. Forked DataLoader workers share the open file until they exit.
+    """
+
+    def __init__(self, path: Path, fd: int | None):
+        self.path, self.fd = path, fd
+
+    @classmethod
+    def take(cls, run_dir: Path) -> RunLock:
+        """Lock ``run_dir`` (created if missing); RunError in one line when another process holds it."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / LOCK
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunError(busy_message(run_dir)) from None
+            if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):  # no flock on this file system
+                print(f"note: {run_dir} cannot be locked ({os.strerror(exc.errno)}); make sure no other process "
+                      "trains in it", file=sys.stderr)
+                return cls(path, None)
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        return cls(path, fd)
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        try:
+            os.ftruncate(fd, 0)  # no stale pid for the next reader
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+_held_locks: list[RunLock] = []  # taken by open_run in this process, released by @releases_run_lock
+
+
+def busy_message(run_dir: Path) -> str:
+    try:
+        pid, host = (run_dir / LOCK).read_text().split()[:2]
+        holder = f"pid {pid} on {host}"
+    except (OSError, ValueError):
+        holder = "another process"
+    return (f"{run_dir} is in use by another raddiffusion process ({holder}); wait for it to end (or stop it), "
+            "or choose another --run")
+
+
+def lock_run(run_dir: Path, process: Process) -> None:
+    """The main process locks ``run_dir`` for the life of the run function (see :func:`releases_run_lock`);
+    when another process holds it, every process of this job raises RunError."""
+    refusal = None
+    if process.is_main:
+        try:
+            _held_locks.append(RunLock.take(run_dir))
+        except RunError as exc:
+            refusal = str(exc)
+    if distributed.global_any(refusal is not None, process):
+        raise RunError(refusal or busy_message(run_dir))
+
+
+def releases_run_lock(run):
+    """Decorator of a run function (which calls :func:`open_run`): the locks it took are released when it
+    returns or raises, so that a later run in the same process may use the run directory."""
+
+    @functools.wraps(run)
+    def wrapper(*args, **kwargs):
+        held = len(_held_locks)
+        try:
+            return run(*args, **kwargs)
+        finally:
+            while len(_held_locks) > held:
+                _held_locks.pop().release()
+
+    return wrapper
+
+
+def tune_allocator(process: Process, config) -> None:
+    """On the CPU, let glibc keep freed memory (no fresh page faults for each step's large tensors) unless the
+    model checkpoints activations: the recomputed blocks then fragment a kept heap (BENCHMARKS.md, memory)."""
+    if process.device.type == "cpu" and not config.grad_checkpoint:
+        distributed.keep_freed_memory()
 
 
 def check_precision(precision: str) -> None:
@@ -58,15 +155,34 @@ def check_precision(precision: str) -> None:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
 
 
-def micro_batch_loader(
-    dataset: StudyDataset, plan: EpochPlan, first_step: int, workers: int, device: torch.device
-) -> DataLoader:
-    """This rank's micro-batches from ``first_step`` to the end of the epoch, in order."""
-    batches = [mb.studies.tolist() for step in range(first_step, plan.steps) for mb in plan.micro_batches(step)]
-    return DataLoader(
-        dataset, batch_sampler=batches, collate_fn=collate_studies, num_workers=workers,
-        pin_memory=device.type == "cuda", persistent_workers=False,
-    )
+class EpochBatches:
+    """The batch sampler of a training loader: this rank's micro-batches of the epoch set last, from a step on.
+
+    Set a new epoch with :meth:`start`; the loader's worker processes stay alive across epochs.
+    """
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def start(self, plan: EpochPlan, first_step: int) -> None:
+        """Yield ``plan``'s micro-batches of this rank from ``first_step`` to the end of the epoch, in order."""
+        self.batches = [mb.studies.tolist() for step in range(first_step, plan.steps) for mb in plan.micro_batches(step)]
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def training_loader(dataset: StudyDataset, workers: int, device: torch.device) -> tuple[DataLoader, EpochBatches]:
+    """A loader of uint8 micro-batches (converted on the device by :func:`to_device`), pinned for a GPU,
+    its workers kept across epochs, and the sampler that says which batches an epoch takes."""
+    sampler = EpochBatches()
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_study_pixels, num_workers=workers,
+                        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                        worker_init_fn=ignore_in_worker)  # SIGTERM / SIGUSR1 are the main process's (preemption.py)
+    return loader, sampler
 
 
 def wrap_for_training(model: torch.nn.Module, process: Process, compile: bool) -> torch.nn.Module:
@@ -102,8 +218,12 @@ def accumulate_gradients(
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
+    """The batch's tensors on ``device``; uint8 images cross as uint8 and become the float input there."""
     non_blocking = device.type == "cuda"
-    return {k: v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v for k, v in batch.items()}
+    moved = {k: v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v for k, v in batch.items()}
+    if moved["images"].dtype == torch.uint8:
+        moved["images"] = unit_range(moved["images"])
+    return moved
 
 
 def check_finite(loss: float, step: int, checkpoint: Path) -> None:

@@ -7,7 +7,7 @@ probe (when due), save the checkpoint and the model.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -17,31 +17,36 @@ from ..data.store import open_store
 from ..data.studies import PooledStudies, StudyDataset
 from ..fileio import read_json, write_json
 from ..models import from_config, model_config
-from ..models.presets import ModelConfig
+from ..models.presets import RUNTIME_FIELDS, ModelConfig
 from . import distributed
 from .batches import EpochPlan, micro_batch_generator
 from .checkpoint import save_model
+from .microbatch import check_micro_batch, resolve_micro_batch
 from .loop import (
     accumulate_gradients,
     check_finite,
     check_precision,
     check_store_fits,
-    micro_batch_loader,
     open_run,
+    releases_run_lock,
     resolve_settings,
     to_device,
+    training_loader,
+    tune_allocator,
     unwrap,
     wrap_for_training,
 )
 from ..results.metrics import format_metric
 from .optim import build_optimizer, set_learning_rate, warmup_cosine
+from .preemption import Preemption
 from .probe import probe_with_predictions, write_probe
 from ..visual.study import ANIMATION, FIGURES, reconstruction_figures, reference_study
 from ..results.runfiles import CHECKPOINT, CONFIG, PROBE_DIR, SUMMARY
 from .runs import MetricsLog, RunError, check_requested, load_checkpoint, save_checkpoint
 
 PROBE_BATCH_STUDIES = 64
-MAY_CHANGE_ON_RESUME = {"probe_every", "save_every", "workers", "compile", "reference_study"}  # weights unchanged
+MAY_CHANGE_ON_RESUME = {"probe_every", "save_every", "workers", "compile", "reference_study",  # weights unchanged
+                        "micro_batch"}  # settled when the run started: a resumed run keeps its accumulation
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,7 @@ class PretrainSettings:
     epochs: int = 200
     batch_size: int = 512  # studies per optimizer step, over all processes
     accumulation: int = 1  # micro-batches per process and step
+    micro_batch: int | str | None = None  # studies per micro-batch, or "auto" (GPU); sets accumulation on a new run
     lr: float = 1.4e-4
     weight_decay: float = 0.05
     warmup_fraction: float = 0.05
@@ -66,6 +72,7 @@ class PretrainSettings:
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
+        check_micro_batch(self.micro_batch)
         for name in ("epochs", "batch_size", "accumulation", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
@@ -77,6 +84,7 @@ def probe_due(epoch: int, settings: PretrainSettings) -> bool:
     return epoch == 0 or epoch == settings.epochs or (every > 0 and epoch % every == 0)
 
 
+@releases_run_lock
 def pretrain(
     store_path: str | Path | list[str | Path],
     run_dir: str | Path,
@@ -116,6 +124,11 @@ def pretrain(
         raise ValueError(f"--batch-size {settings.batch_size} is larger than the {len(dataset)} train studies "
                          f"of {', '.join(map(str, paths))}")
     total_steps = settings.epochs * steps_per_epoch
+    if stored is None and settings.micro_batch is not None:
+        micro, accumulation = resolve_micro_batch(settings.micro_batch, settings.batch_size, process.ranks,
+                                                  int(views.max()), process.device, settings.precision,
+                                                  lambda: from_config(config))
+        settings = replace(settings, micro_batch=micro, accumulation=accumulation)
     distributed.barrier(process)  # every process has checked the run directory before the main one writes to it
     if process.is_main:
         write_json(run_dir / CONFIG, {
@@ -127,6 +140,7 @@ def pretrain(
         })
 
     torch.manual_seed(settings.seed)
+    tune_allocator(process, config)
     net = from_config(config).to(process.device)
     optimizer = build_optimizer(net, settings.lr, settings.weight_decay)
     checkpoint = run_dir / CHECKPOINT
@@ -144,48 +158,55 @@ def pretrain(
         return model(batch["images"], batch["lengths"], batch["generator"])
 
     started = time.perf_counter() - state["seconds"]
-    for epoch in range(state["step"] // steps_per_epoch, settings.epochs):
-        plan = EpochPlan(views, settings.batch_size, settings.accumulation, process.rank, process.ranks,
-                         settings.seed, epoch)
-        first = state["step"] - epoch * steps_per_epoch
-        batches = iter(micro_batch_loader(dataset, plan, first, settings.workers, process.device))
-        bar = tqdm(range(first, steps_per_epoch), desc=f"epoch {epoch + 1}/{settings.epochs}", unit="step",
-                   disable=not (progress and process.is_main), dynamic_ncols=True)
-        for step_in_epoch in bar:
-            step_started = time.perf_counter()
-            step = epoch * steps_per_epoch + step_in_epoch
-            lr = settings.lr * warmup_cosine(step, total_steps, settings.warmup_fraction)
-            set_learning_rate(optimizer, lr)
-            micro = [to_device(next(batches), process.device) for _ in range(settings.accumulation)]
-            for mb, batch in zip(plan.micro_batches(step_in_epoch), micro):
-                batch["generator"] = micro_batch_generator(settings.seed, step, mb.index, process.device)
-            global_images = plan.images(step_in_epoch)
-            shares = [len(batch["images"]) / global_images for batch in micro]
-            local = accumulate_gradients(trainer, micro, shares, process.ranks, objective, settings.precision)
-            loss = distributed.global_sum(local, process).item()
-            check_finite(loss, step + 1, checkpoint)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.update(step=step + 1, epoch_loss=state["epoch_loss"] + loss, seconds=time.perf_counter() - started)
-            images_per_s = global_images / (time.perf_counter() - step_started)
-            log.write({"kind": "step", "step": step + 1, "epoch": epoch + 1, "loss": loss, "lr": lr,
-                       "images_per_s": round(images_per_s, 1)})
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.0f}")
-            if (step + 1) % settings.save_every == 0 and step_in_epoch + 1 < steps_per_epoch and process.is_main:
+    loader, epoch_batches = training_loader(dataset, settings.workers, process.device)
+    with Preemption(process) as preemption:  # SIGTERM / SIGUSR1: stop after a step with the checkpoint written
+        for epoch in range(state["step"] // steps_per_epoch, settings.epochs):
+            plan = EpochPlan(views, settings.batch_size, settings.accumulation, process.rank, process.ranks,
+                             settings.seed, epoch)
+            first = state["step"] - epoch * steps_per_epoch
+            epoch_batches.start(plan, first)
+            batches = iter(loader)
+            bar = tqdm(range(first, steps_per_epoch), desc=f"epoch {epoch + 1}/{settings.epochs}", unit="step",
+                       disable=not (progress and process.is_main), dynamic_ncols=True)
+            for step_in_epoch in bar:
+                step_started = time.perf_counter()
+                step = epoch * steps_per_epoch + step_in_epoch
+                lr = settings.lr * warmup_cosine(step, total_steps, settings.warmup_fraction)
+                set_learning_rate(optimizer, lr)
+                micro = [to_device(next(batches), process.device) for _ in range(settings.accumulation)]
+                for mb, batch in zip(plan.micro_batches(step_in_epoch), micro):
+                    batch["generator"] = micro_batch_generator(settings.seed, step, mb.index, process.device)
+                global_images = plan.images(step_in_epoch)
+                shares = [len(batch["images"]) / global_images for batch in micro]
+                local = accumulate_gradients(trainer, micro, shares, process.ranks, objective, settings.precision)
+                loss = distributed.global_sum(local, process).item()
+                check_finite(loss, step + 1, checkpoint)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.update(step=step + 1, epoch_loss=state["epoch_loss"] + loss, seconds=time.perf_counter() - started)
+                images_per_s = global_images / (time.perf_counter() - step_started)
+                log.write({"kind": "step", "step": step + 1, "epoch": epoch + 1, "loss": loss, "lr": lr,
+                           "images_per_s": round(images_per_s, 1)})
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.0f}")
+                if (step + 1) % settings.save_every == 0 and step_in_epoch + 1 < steps_per_epoch and process.is_main:
+                    save_checkpoint(checkpoint, net, optimizer, state)
+                if step_in_epoch + 1 < steps_per_epoch:  # at an epoch's end: once its checkpoint is written
+                    preemption.stop_if_requested(state["step"], checkpoint,
+                                                 lambda: save_checkpoint(checkpoint, net, optimizer, state))
+            bar.close()
+            state.update(last_epoch_loss=state["epoch_loss"] / steps_per_epoch, epoch_loss=0.0)
+            log.write({"kind": "epoch", "step": state["step"], "epoch": epoch + 1, "loss": state["last_epoch_loss"],
+                       "seconds": round(state["seconds"], 1)})
+            if probe_due(epoch + 1, settings):
+                _probe(net, store, epoch + 1, settings, process, run_dir, progress)
+            if process.is_main:
+                if figure_study is not None:
+                    reconstruction_figures(net, *figure_study, run_dir / FIGURES, f"epoch_{epoch + 1:03d}",
+                                           animation=run_dir / FIGURES / ANIMATION if epoch + 1 == settings.epochs else None)
                 save_checkpoint(checkpoint, net, optimizer, state)
-        bar.close()
-        state.update(last_epoch_loss=state["epoch_loss"] / steps_per_epoch, epoch_loss=0.0)
-        log.write({"kind": "epoch", "step": state["step"], "epoch": epoch + 1, "loss": state["last_epoch_loss"],
-                   "seconds": round(state["seconds"], 1)})
-        if probe_due(epoch + 1, settings):
-            _probe(net, store, epoch + 1, settings, process, run_dir, progress)
-        if process.is_main:
-            if figure_study is not None:
-                reconstruction_figures(net, *figure_study, run_dir / FIGURES, f"epoch_{epoch + 1:03d}",
-                                       animation=run_dir / FIGURES / ANIMATION if epoch + 1 == settings.epochs else None)
-            save_checkpoint(checkpoint, net, optimizer, state)
-            save_model(net, run_dir / "model.safetensors")
-        distributed.barrier(process)
+                save_model(net, run_dir / "model.safetensors")
+            distributed.barrier(process)
+            preemption.stop_if_requested(state["step"], checkpoint)
 
     summary = _summary(run_dir, config, settings, state)
     if process.is_main:
@@ -215,8 +236,8 @@ def _resolve_model(stored: dict | None, requested: dict, run_dir: Path) -> Model
     if stored is None:
         return model_config(**requested)
     config = ModelConfig(**stored["model"])
-    check_requested(run_dir, config.to_dict(), requested)
-    return config
+    check_requested(run_dir, config.to_dict(), {k: v for k, v in requested.items() if k not in RUNTIME_FIELDS})
+    return replace(config, **{k: v for k, v in requested.items() if k in RUNTIME_FIELDS})  # e.g. grad_checkpoint
 
 
 def _probe(net, store, epoch: int, settings: PretrainSettings, process, run_dir: Path, progress: bool) -> None:
@@ -224,7 +245,8 @@ def _probe(net, store, epoch: int, settings: PretrainSettings, process, run_dir:
     if process.is_main:
         metrics, predictions = probe_with_predictions(unwrap(net), store, label_policy=settings.label_policy,
                                                       batch_size=PROBE_BATCH_STUDIES, device=process.device,
-                                                      seed=settings.seed, progress=progress)
+                                                      num_workers=settings.workers, seed=settings.seed,
+                                                      progress=progress)
         metrics["epoch"] = epoch
         write_probe(metrics, run_dir / PROBE_DIR / f"epoch_{epoch:03d}.json", predictions)
         mean = metrics["mean"]

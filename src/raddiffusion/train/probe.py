@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from ..data.fractions import check_fraction, label_fraction_subset
 from ..data.store import Store
-from ..data.studies import StudyDataset, collate_studies
+from ..data.studies import StudyDataset, collate_study_pixels, unit_range
 from ..data.tree import SPLITS
 from ..fileio import atomic_path, write_json
 from ..results.bootstrap import DEFAULT_RESAMPLES
@@ -40,18 +40,21 @@ def study_vectors(
 ) -> np.ndarray:
     """``model.embed`` of every study of ``dataset``, in order: float32 ``[len(dataset), width]``.
 
-    Runs without gradients in eval mode, then restores the model's training mode. Batches are moved
-    to ``device`` (where the model must already be). A wrapped model (DDP: ``.module``) is unwrapped.
+    Runs without gradients in eval mode, then restores the model's training mode. Batches cross to
+    ``device`` (where the model must already be) as uint8 and become floats there; ``num_workers``
+    loader processes read the store meanwhile. A wrapped model (DDP: ``.module``) is unwrapped.
     """
     net = model.module if hasattr(model, "module") else model
+    device = torch.device(device)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_studies)
+                        collate_fn=collate_study_pixels, pin_memory=device.type == "cuda")
     was_training = net.training
     net.eval()
     try:
         with torch.no_grad():
             chunks = [
-                net.embed(batch["images"].to(device), batch["lengths"].to(device)).float().cpu().numpy()
+                net.embed(unit_range(batch["images"].to(device, non_blocking=True)), batch["lengths"].to(device))
+                .float().cpu().numpy()
                 for batch in tqdm(loader, desc=description, unit="batch", disable=not progress)
             ]
     finally:

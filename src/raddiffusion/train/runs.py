@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from ..errors import first_line
 from ..fileio import atomic_path
 from ..models.api import model_kind
-from ..models.presets import ModelConfig
+from ..models.presets import RUNTIME_FIELDS, ModelConfig
 from ..results.runfiles import METRICS, record_step
 from .checkpoint import CheckpointError, read_safetensors
 
@@ -80,7 +80,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     if metadata.get("format") != TRAINING_FORMAT:
         raise CheckpointError(f"{path}: not a raddiffusion training checkpoint")
     stored = ModelConfig(**json.loads(metadata["config"])).to_dict()  # fields added later take their defaults
-    differences = config_differences(stored, model.config.to_dict())
+    requested = {k: v for k, v in model.config.to_dict().items() if k not in RUNTIME_FIELDS}  # weights unaffected
+    differences = config_differences(stored, requested)
     if differences or metadata.get("kind") != model_kind(model):
         raise CheckpointError(f"{path}: checkpoint of another model ({'; '.join(differences) or metadata.get('kind')})")
     model_state = {k[len(MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
