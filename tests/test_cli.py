@@ -74,3 +74,14 @@ def test_synth_then_demo_end_to_end(tmp_path):
     (tmp_path / "demo" / "demo.json").write_text('{"subjects": 12, "seed": 0, "epochs": 12}')
     other = _cli("demo", "--out", str(tmp_path / "demo"), "--subjects", "13")
     assert other.returncode == 2 and "--subjects 12" in other.stderr and "Traceback" not in other.stderr
+
+
+def test_torchrun_relaunch_spells_run_as_run_dir():
+    """torchrun reads `--run` anywhere as an abbreviation of its own --run-path; the relaunch avoids it."""
+    from raddiffusion.cli import build_parser
+    from raddiffusion.train.distributed import torchrun_safe
+
+    argv = ["pretrain", "s", "--run", "r", "--epochs", "1", "--run=x", "--runs"]
+    assert torchrun_safe(argv) == ["pretrain", "s", "--run-dir", "r", "--epochs", "1", "--run-dir=x", "--runs"]
+    parsed = build_parser().parse_args(["pretrain", "s", "--run-dir", "r"])
+    assert str(parsed.run) == "r"

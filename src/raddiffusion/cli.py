@@ -288,7 +288,9 @@ def _add_pretrain(commands) -> None:
     cmd.add_argument("store", type=Path, nargs="+", metavar="STORE", help="store(s) written by `raddiffusion preprocess`")
     cmd.add_argument("--probe-store", type=Path, default=None, metavar="STORE",
                      help="store whose train -> validate split the probes use (default: the first STORE)")
-    cmd.add_argument("--run", type=Path, required=True, metavar="RUN_DIR", help="run directory to write")
+    cmd.add_argument("--run", "--run-dir", dest="run", type=Path, required=True, metavar="RUN_DIR",
+                     help="run directory to write (spell it --run-dir after `torchrun ... -m raddiffusion`: torchrun "
+                     "takes --run for its own --run-path)")
     _add_model_options(cmd)
     _add_training_options(cmd, PretrainSettings())
     _add_run_options(cmd)
@@ -328,7 +330,9 @@ def _add_finetune(commands) -> None:
         "encoder starts from random weights.",
     )
     cmd.add_argument("store", type=Path, metavar="STORE", help="store written by `raddiffusion preprocess`")
-    cmd.add_argument("--run", type=Path, required=True, metavar="RUN_DIR", help="run directory to write")
+    cmd.add_argument("--run", "--run-dir", dest="run", type=Path, required=True, metavar="RUN_DIR",
+                     help="run directory to write (spell it --run-dir after `torchrun ... -m raddiffusion`: torchrun "
+                     "takes --run for its own --run-path)")
     cmd.add_argument("--from", dest="pretrained", type=Path, metavar="PRETRAIN_RUN",
                      help="pretraining run (or .safetensors model) whose encoder to start from")
     _add_model_options(cmd)

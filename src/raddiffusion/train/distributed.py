@@ -64,9 +64,16 @@ def relaunch_under_torchrun(device: list[int], argv: list[str]) -> int:
     """Run ``raddiffusion argv`` under ``torchrun`` on one node, one process per GPU of ``device``."""
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(map(str, device)))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={len(device)}",
-               "-m", "raddiffusion", *argv]
+               "-m", "raddiffusion", *torchrun_safe(argv)]
     print(f"launching {len(device)} processes on GPUs {device} with torchrun", file=sys.stderr)
     return subprocess.call(command, env=env)
+
+
+def torchrun_safe(argv: list[str]) -> list[str]:
+    """``argv`` with ``--run`` spelled ``--run-dir``: torchrun reads an abbreviation of its own ``--run-path``
+    anywhere on its command line, even after the module name, and stops with "ambiguous option"."""
+    return ["--run-dir" if arg == "--run" else "--run-dir=" + arg[len("--run="):] if arg.startswith("--run=") else arg
+            for arg in argv]
 
 
 def start(device: str | list[int] = "auto") -> Process:
