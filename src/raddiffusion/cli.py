@@ -868,7 +868,8 @@ def _finetune_line(run: Path, summary: dict) -> str:
     from .results.metrics import format_interval, format_metric
 
     test = summary["test"]["mean"]
-    return (f"finetune: best epoch {summary['best_epoch']} of {summary['epochs_run']} "
+    chosen = "mean AUROC" if summary.get("selected_on") == "auroc" else "loss"
+    return (f"finetune: best epoch {summary['best_epoch']} of {summary['epochs_run']} by validation {chosen} "
             f"(validation loss {summary['best_val_loss']:.4f}); test mean AUROC {format_metric(test['auroc'])} "
             f"{format_interval(test.get('auroc_ci95'))}, "
             f"AUPRC {format_metric(test['auprc'])}, F1 {format_metric(test['f1'])}; run in {run}")

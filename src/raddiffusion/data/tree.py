@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import first_line
+from .labels import apply_label_policy
 
 SPLITS = ("train", "validate", "test")
 FRONTAL_VIEWS = ("PA", "AP", "FRONTAL")  # FRONTAL: a CheXpert frontal view without AP/PA
@@ -59,8 +60,6 @@ class ImageTree:
         Adds one column per label, ``mask:<label>`` columns (0 where ``ignore`` drops a value) and
         ``labelled`` (False for studies without a label row; their labels are 0 and masked).
         """
-        from .labels import apply_label_policy
-
         names = list(self.label_names)
         raw = self.labels.reindex(self.images["study_id"])[names].to_numpy(np.float32)
         labelled = self.images["study_id"].isin(self.labels.index).to_numpy()
