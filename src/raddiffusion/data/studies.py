@@ -141,8 +141,12 @@ def collate_studies(items: list[dict]) -> dict[str, torch.Tensor]:
     in order), ``labels`` and ``label_mask`` float ``[S, labels]`` and ``study_id`` int64 ``[S]``.
     """
     lengths = [len(item["images"]) for item in items]
+    return {"images": to_unit_range([item["images"] for item in items], sum(lengths)), **_study_fields(items, lengths)}
+
+
+def _study_fields(items: list[dict], lengths: list[int]) -> dict[str, torch.Tensor]:
+    """A batch's ``lengths``, ``labels``, ``label_mask`` and ``study_id``: everything but the images."""
     return {
-        "images": to_unit_range([item["images"] for item in items], sum(lengths)),
         "lengths": torch.tensor(lengths, dtype=torch.int64),
         "labels": torch.from_numpy(np.stack([item["labels"] for item in items])).reshape(len(items), -1),
         "label_mask": torch.from_numpy(np.stack([item["label_mask"] for item in items])).reshape(len(items), -1),
@@ -162,13 +166,7 @@ def collate_study_pixels(items: list[dict]) -> dict[str, torch.Tensor]:
         for item, count in zip(items, lengths):
             pixels[start : start + count, 0].copy_(torch.from_numpy(np.ascontiguousarray(item["images"])))
             start += count
-    return {
-        "images": pixels,
-        "lengths": torch.tensor(lengths, dtype=torch.int64),
-        "labels": torch.from_numpy(np.stack([item["labels"] for item in items])).reshape(len(items), -1),
-        "label_mask": torch.from_numpy(np.stack([item["label_mask"] for item in items])).reshape(len(items), -1),
-        "study_id": torch.tensor([item["study_id"] for item in items], dtype=torch.int64),
-    }
+    return {"images": pixels, **_study_fields(items, lengths)}
 
 
 def unit_range(pixels: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,13 @@ PROBE_DIR = "probe"
 LOCK = ".lock"  # held (flock) by the process training in the run directory; holds its pid and host
 
 
+def run_stores(config: dict) -> list[str]:
+    """The stores a run's ``config.json`` names: its ``stores`` (pretraining on several), else its ``store``."""
+    if config.get("stores"):
+        return list(config["stores"])
+    return [config["store"]] if isinstance(config.get("store"), str) else []
+
+
 def is_finished(run_dir: Path) -> bool:
     """Has the run written its summary (its last file)?"""
     return (run_dir / SUMMARY).is_file()

@@ -21,8 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 from ..data.augment import NO_AUGMENTATION, Augmentation, augment
@@ -35,7 +33,7 @@ from ..models.presets import RUNTIME_FIELDS, ModelConfig
 from ..results.bootstrap import DEFAULT_RESAMPLES
 from ..results.metrics import format_metric, format_table, label_metrics
 from ..results.predictions import Predictions, write_predictions
-from ..results.runfiles import CHECKPOINT, CONFIG, SUMMARY, TEST_METRICS, TEST_PREDICTIONS, is_finished
+from ..results.runfiles import CHECKPOINT, CONFIG, SUMMARY, TEST_METRICS, TEST_PREDICTIONS, is_finished, run_stores
 from ..visual.study import ATTENTION, FIGURES, attention_map_figure
 from . import distributed
 from .batches import EpochPlan, micro_batch_generator
@@ -57,7 +55,7 @@ from .loop import (
 from .optim import build_classifier_optimizer, set_learning_rate, warmup_cosine
 from .preemption import Preemption
 from .pretrain import figure_reference
-from .probe import MAX_ITER, over_seeds, study_vectors
+from .probe import fit_label_regressions, over_seeds, study_vectors
 from .runs import MetricsLog, RunError, check_requested, load_checkpoint, save_checkpoint
 
 BEST_WEIGHTS = "model.safetensors"
@@ -286,8 +284,7 @@ def pretrained_stores(pretrained: str | Path | None) -> list[str] | None:
     config = Path(pretrained) / CONFIG if pretrained else None
     if config is None or not config.is_file():
         return None
-    stored = read_json(config)
-    return stored.get("stores") or [stored.get("store")]
+    return run_stores(read_json(config))
 
 
 def train_subset(train_set: StudyDataset, settings: FinetuneSettings) -> tuple[StudyDataset, dict[str, str]]:
@@ -324,18 +321,12 @@ def init_head_from_probe(model: StudyClassifier, train_set: StudyDataset, device
     """Set the head to the linear probe of the model's current encoder on ``train_set`` (standardised
     balanced logistic regressions, folded into the head's weights; labels with one class keep a zero row)."""
     vectors = study_vectors(model, train_set, EVAL_BATCH_STUDIES, device, progress=progress, description="probe head")
-    scaler = StandardScaler().fit(vectors)
-    labels = len(train_set.label_names)
-    weight, bias = np.zeros((labels, vectors.shape[1])), np.zeros(labels)
-    for k in range(labels):
-        rows = train_set.label_mask[:, k] > 0
-        targets = train_set.labels[rows, k].astype(int)
-        if np.unique(targets).size < 2:
-            continue
-        fitted = LogisticRegression(class_weight="balanced", max_iter=MAX_ITER).fit(
-            scaler.transform(vectors[rows]), targets)
-        weight[k] = fitted.coef_[0] / scaler.scale_
-        bias[k] = fitted.intercept_[0] - weight[k] @ scaler.mean_
+    scaler, fitted = fit_label_regressions(vectors, train_set.labels, train_set.label_mask)
+    weight, bias = np.zeros((len(fitted), vectors.shape[1])), np.zeros(len(fitted))
+    for k, classifier in enumerate(fitted):
+        if classifier is not None:
+            weight[k] = classifier.coef_[0] / scaler.scale_
+            bias[k] = classifier.intercept_[0] - weight[k] @ scaler.mean_
     with torch.no_grad():
         model.head.weight.copy_(torch.from_numpy(weight))
         model.head.bias.copy_(torch.from_numpy(bias))

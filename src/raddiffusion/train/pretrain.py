@@ -41,7 +41,7 @@ from .optim import build_optimizer, set_learning_rate, warmup_cosine
 from .preemption import Preemption
 from .probe import probe_with_predictions, write_probe
 from ..visual.study import ANIMATION, FIGURES, reconstruction_figures, reference_study
-from ..results.runfiles import CHECKPOINT, CONFIG, PROBE_DIR, SUMMARY
+from ..results.runfiles import CHECKPOINT, CONFIG, PROBE_DIR, SUMMARY, run_stores
 from .runs import MetricsLog, RunError, check_requested, load_checkpoint, save_checkpoint
 
 PROBE_BATCH_STUDIES = 64
@@ -226,7 +226,7 @@ def figure_reference(store, study_id: int | None) -> tuple[dict, int] | None:
 
 def _check_same_stores(run_dir: Path, stored: dict, paths: list[Path]) -> None:
     """A resumed run must pool the same stores in the same order (the epochs' batches depend on them)."""
-    before = [Path(p).resolve() for p in stored.get("stores") or [stored["store"]]]
+    before = [Path(p).resolve() for p in run_stores(stored)]
     if before != [p.resolve() for p in paths]:
         raise RunError(f"{run_dir} was pretrained on {', '.join(map(str, before))}; resume it with the same "
                        "STORE arguments, in the same order")

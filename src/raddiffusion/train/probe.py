@@ -64,6 +64,24 @@ def study_vectors(
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
+def fit_label_regressions(
+    train_x: np.ndarray, train_y: np.ndarray, train_mask: np.ndarray, seed: int = 0
+) -> tuple[StandardScaler, list[LogisticRegression | None]]:
+    """The standardisation of ``train_x`` and one balanced logistic regression per label column on the
+    standardised rows whose mask is 1 (``None`` for a label with a single class among them)."""
+    scaler = StandardScaler().fit(train_x)
+    train_z = scaler.transform(train_x)
+    fitted = []
+    for k in range(train_y.shape[1]):
+        rows, targets = _fitted_rows(train_y, train_mask, k)
+        if np.unique(targets).size < 2:
+            fitted.append(None)
+            continue
+        classifier = LogisticRegression(class_weight="balanced", max_iter=MAX_ITER, random_state=seed)
+        fitted.append(classifier.fit(train_z[rows], targets))
+    return scaler, fitted
+
+
 def linear_probe_scores(
     train_x: np.ndarray, train_y: np.ndarray, train_mask: np.ndarray, eval_x: np.ndarray, labels: tuple[str, ...],
     seed: int = 0,
@@ -73,17 +91,15 @@ def linear_probe_scores(
     Only train rows whose mask is 1 are fitted. A label with a single class among them is returned
     in ``absent`` (name -> ``only one class in train``) with probabilities 0.
     """
-    scaler = StandardScaler().fit(train_x)
-    train_z, eval_z = scaler.transform(train_x), scaler.transform(eval_x)
+    scaler, fitted = fit_label_regressions(train_x, train_y, train_mask, seed)
+    eval_z = scaler.transform(eval_x)
     probabilities = np.zeros((len(eval_x), len(labels)), dtype=np.float64)
     absent = {}
-    for k, name in enumerate(labels):
-        rows, targets = _fitted_rows(train_y, train_mask, k)
-        if np.unique(targets).size < 2:
+    for k, (name, classifier) in enumerate(zip(labels, fitted)):
+        if classifier is None:
             absent[name] = ONE_CLASS_IN_TRAIN
             continue
-        classifier = LogisticRegression(class_weight="balanced", max_iter=MAX_ITER, random_state=seed)
-        probabilities[:, k] = classifier.fit(train_z[rows], targets).predict_proba(eval_z)[:, 1]
+        probabilities[:, k] = classifier.predict_proba(eval_z)[:, 1]
     return probabilities, absent
 
 

@@ -29,7 +29,7 @@ from ..results.evaluation import EVALUATE_JSON, METHOD_NAMES, difference_text, f
 from ..results.metrics import CI_SUFFIX, DECIMALS, METRICS, format_interval
 from ..results.predictions import PREDICTIONS_SUFFIX, PredictionsError, read_predictions
 from ..results.metrics import label_metrics
-from ..results.runfiles import CONFIG, PROBE_DIR, SUMMARY, TEST_PREDICTIONS, read_metrics
+from ..results.runfiles import CONFIG, PROBE_DIR, SUMMARY, TEST_PREDICTIONS, read_metrics, run_stores
 from ..results.runfiles import METRICS as METRICS_FILE
 from .curves import (
     AXIS_INCHES,
@@ -425,8 +425,7 @@ def stores_of(run: RunFiles, store: Path | None) -> list[tuple[str, Path]]:
         return [("given", Path(store))]
     found = []
     pretrain, finetune = run.pretrain_config() or {}, run.finetune_config() or {}
-    pretrained_on = pretrain.get("stores") or ([pretrain["store"]] if isinstance(pretrain.get("store"), str) else [])
-    found += [("pretraining", Path(path)) for path in pretrained_on]
+    found += [("pretraining", Path(path)) for path in run_stores(pretrain)]
     if isinstance(finetune.get("store"), str):
         found.append(("fine-tuning and test", Path(finetune["store"])))
     return found
