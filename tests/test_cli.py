@@ -9,7 +9,7 @@ import pytest
 from raddiffusion.cli import main
 
 COMMANDS = ["demo", "synth", "preprocess", "pretrain", "probe", "finetune", "run", "figures", "report", "plot-probes",
-            "embed", "predict", "reconstruct"]
+            "embed", "predict", "reconstruct", "export"]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

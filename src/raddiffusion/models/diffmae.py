@@ -81,7 +81,7 @@ class DiffMAE(StudyPretrainer):
         self.schedule = NoiseSchedule(config.schedule, config.timesteps)
         self.decoder_embed = nn.Linear(config.width, width)
         self.noised_embed = nn.Linear(config.patch_size**2, width)
-        self.register_buffer("decoder_pos_embed", sincos_2d(width, rows, cols), persistent=False)
+        self.register_buffer("decoder_pos_embed", sincos_2d(width, rows, cols, config.position_layout), persistent=False)
         self.time_embed = Mlp(width, width) if config.time_embedding else None
         self.decoder_blocks = decoder_blocks(config)
         self.decoder_norm = layer_norm(width)

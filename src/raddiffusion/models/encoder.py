@@ -38,7 +38,7 @@ class StudyEncoder(nn.Module):
         self.patch_embed = nn.Conv2d(1, config.width, config.patch_size, stride=config.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.width))
         rows, cols = grid_shape(config.image_size, config.patch_size)
-        self.register_buffer("pos_embed", sincos_2d(config.width, rows, cols), persistent=False)
+        self.register_buffer("pos_embed", sincos_2d(config.width, rows, cols, config.position_layout), persistent=False)
         self.blocks = nn.ModuleList(
             Block(config.width, config.heads, config.mlp_hidden, rate)
             for rate in drop_path_rates(config.drop_path, config.depth)

@@ -52,7 +52,7 @@ class MAE(StudyPretrainer):
         rows, cols = grid_shape(config.image_size, config.patch_size)
         self.decoder_embed = nn.Linear(config.width, width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
-        self.register_buffer("decoder_pos_embed", sincos_2d(width, rows, cols), persistent=False)
+        self.register_buffer("decoder_pos_embed", sincos_2d(width, rows, cols, config.position_layout), persistent=False)
         self.decoder_blocks = nn.ModuleList(
             Block(width, config.decoder_heads, config.decoder_mlp_hidden) for _ in range(config.decoder_depth)
         )

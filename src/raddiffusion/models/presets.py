@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
+from .vit import MAE_LAYOUT, POSITION_LAYOUTS, ROW_FIRST_LAYOUT
+
 SCHEMES = ("vanilla", "diffusion")
 DECODERS = ("joint", "cross", "cross-self")
 SCHEDULES = ("cosine", "linear", "seed")
@@ -56,12 +58,14 @@ class ModelConfig:
     drop_path: float = 0.0
     label_names: tuple[str, ...] = ()  # the head's outputs, in order; () for pretraining (and older models)
     grad_checkpoint: bool = False  # recompute block activations in the backward pass (not saved by older models)
+    position_layout: str = MAE_LAYOUT  # channel order of the sin-cos tables; saved without it: row-first (saved_config)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "label_names", tuple(self.label_names))  # JSON gives a list
         if self.label_names and len(self.label_names) != self.num_labels:
             raise ValueError(f"{len(self.label_names)} label names for a head of {self.num_labels} labels")
         _check_choice("scheme", self.scheme, SCHEMES)
+        _check_choice("position_layout", self.position_layout, POSITION_LAYOUTS)
         _check_choice("decoder", self.decoder, DECODERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
         if self.image_size % self.patch_size:
@@ -81,6 +85,15 @@ class ModelConfig:
     def to_dict(self) -> dict:
         """The fields as JSON-ready values (``label_names`` as a list)."""
         return {**asdict(self), "label_names": list(self.label_names)}
+
+
+def saved_config(values: dict) -> ModelConfig:
+    """The configuration saved as ``values`` (checkpoint metadata, a run's ``config.json``).
+
+    Models saved before ``position_layout`` was recorded put the row in the first half of the channels:
+    without the field they keep that layout, so they load and give the same outputs as before.
+    """
+    return ModelConfig(**{"position_layout": ROW_FIRST_LAYOUT, **values})
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

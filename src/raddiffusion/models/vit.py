@@ -14,6 +14,9 @@ from torch import nn
 LAYER_NORM_EPS = 1e-12
 INIT_STD = 0.02
 POSITION_TEMPERATURE = 10000.0
+MAE_LAYOUT = "mae"  # 2-D position tables as MAE, Hugging Face ViTMAE and timm: column in the first half of the channels
+ROW_FIRST_LAYOUT = "row-first"  # the row in the first half: models saved before the layout was recorded
+POSITION_LAYOUTS = (MAE_LAYOUT, ROW_FIRST_LAYOUT)
 
 
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
@@ -54,16 +57,21 @@ def sincos_1d(width: int, positions: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 
 
-def sincos_2d(width: int, rows: int, cols: int) -> torch.Tensor:
-    """Fixed 2-D sin-cos position embeddings of a ``rows × cols`` patch grid: ``[rows·cols, width]``.
+def sincos_2d(width: int, rows: int, cols: int, layout: str = MAE_LAYOUT) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embeddings of a ``rows × cols`` patch grid: ``[rows·cols, width]``, float32.
 
-    Half of the channels encode the row, half the column (the MAE recipe); float32.
+    Patches in row-major order. ``layout`` ``mae`` (the MAE recipe, as Hugging Face ViTMAE and timm): the
+    first half of the channels encodes the column, the second the row; ``row-first``: the row first.
     """
     if width % 4:
         raise ValueError(f"the embedding width must be a multiple of 4 for 2-D sin-cos, not {width}")
+    if layout not in POSITION_LAYOUTS:
+        raise ValueError(f"position layout must be one of {', '.join(POSITION_LAYOUTS)}, not {layout!r}")
     row, col = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
-    embedding = torch.cat([sincos_1d(width // 2, row.flatten()), sincos_1d(width // 2, col.flatten())], dim=1)
-    return embedding.float()
+    halves = [sincos_1d(width // 2, col.flatten()), sincos_1d(width // 2, row.flatten())]
+    if layout == ROW_FIRST_LAYOUT:
+        halves.reverse()
+    return torch.cat(halves, dim=1).float()
 
 
 def timestep_embedding(timesteps: torch.Tensor, width: int) -> torch.Tensor:

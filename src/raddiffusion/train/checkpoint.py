@@ -16,7 +16,7 @@ from ..errors import first_line
 from ..fileio import atomic_path
 from ..models import from_config, model_kind
 from ..models.api import KINDS
-from ..models.presets import ModelConfig
+from ..models.presets import ModelConfig, saved_config
 
 CHECKPOINT_FORMAT = "raddiffusion-model-v1"
 RUN_WEIGHTS = "model.safetensors"
@@ -73,7 +73,7 @@ def _read_checkpoint(file: Path) -> tuple[ModelConfig, str, dict[str, torch.Tens
     if metadata.get("format") != CHECKPOINT_FORMAT or "config" not in metadata:
         raise CheckpointError(f"{file}: safetensors file without a raddiffusion model configuration")
     try:
-        config = ModelConfig(**json.loads(metadata["config"]))
+        config = saved_config(json.loads(metadata["config"]))
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{file}: unusable model configuration ({first_line(exc)})") from None
     kind = metadata.get("kind", "pretrainer")

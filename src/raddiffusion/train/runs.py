@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from ..errors import first_line
 from ..fileio import atomic_path
 from ..models.api import model_kind
-from ..models.presets import RUNTIME_FIELDS, ModelConfig
+from ..models.presets import RUNTIME_FIELDS, saved_config
 from ..results.runfiles import METRICS, record_step
 from .checkpoint import CheckpointError, read_safetensors
 
@@ -79,7 +79,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     metadata, tensors = read_safetensors(path)
     if metadata.get("format") != TRAINING_FORMAT:
         raise CheckpointError(f"{path}: not a raddiffusion training checkpoint")
-    stored = ModelConfig(**json.loads(metadata["config"])).to_dict()  # fields added later take their defaults
+    stored = saved_config(json.loads(metadata["config"])).to_dict()  # fields added later take their defaults
     requested = {k: v for k, v in model.config.to_dict().items() if k not in RUNTIME_FIELDS}  # weights unaffected
     differences = config_differences(stored, requested)
     if differences or metadata.get("kind") != model_kind(model):
