@@ -419,10 +419,13 @@ def test_dicom_without_pixel_data(tmp_path: Path) -> None:
     assert_decode_error(path, "no pixel data")
 
 
-def test_colour_dicom(tmp_path: Path) -> None:
-    path = make_dicom(tmp_path / "rgb.dcm", np.zeros((16, 16, 3), np.uint8), photometric="RGB", bits_stored=8)
-    error = assert_decode_error(path, "colour")
-    assert "SamplesPerPixel=3" in str(error)
+def test_colour_dicom_is_read_as_its_luminance(tmp_path: Path) -> None:
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[:8] = (255, 0, 0)
+    rgb[8:] = (0, 0, 255)
+    path = make_dicom(tmp_path / "rgb.dcm", rgb, photometric="RGB", bits_stored=8)
+    grey = decode_dicom(path)
+    assert grey[:8] == pytest.approx(0.299) and grey[8:] == pytest.approx(0.114)
 
 
 def test_multi_frame_dicom(tmp_path: Path) -> None:

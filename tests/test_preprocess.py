@@ -82,7 +82,7 @@ def _dicom(path: Path, pixels: np.ndarray | None, photometric: str = "MONOCHROME
 
 
 def _bad_dicom_tree(root: Path) -> list[TreeImage]:
-    """Two good DICOMs and one of each kind of bad input, each in its own study."""
+    """Three good DICOMs (one RGB) and one of each kind of bad input, each in its own study."""
     names = ["good-1", "good-2", "zero-bytes", "no-pixels", "colour", "text", "missing"]
     images = [TreeImage(10000001 + k, 50000001 + k, name, "PA", 0, "train") for k, name in enumerate(names)]
     write_tree(root, images, {50000001: labels_row(Edema=1.0)}, write_images=False)
@@ -101,13 +101,13 @@ def _bad_dicom_tree(root: Path) -> list[TreeImage]:
 def test_bad_dicoms_are_skipped_with_reasons_and_good_ones_stored(tmp_path, capsys):
     _bad_dicom_tree(tmp_path / "mimic")
     summary = _run(tmp_path / "mimic", tmp_path / "store")
-    assert (summary.stored, summary.skipped) == (2, 5)
+    assert (summary.stored, summary.skipped) == (3, 4)
     store = open_store(tmp_path / "store")
-    assert sorted(store.index["image_id"]) == ["good-1", "good-2"]
+    assert sorted(store.index["image_id"]) == ["colour", "good-1", "good-2"]  # colour is read as its luminance
     reasons = dict(zip(store.skipped["image_id"], store.skipped["reason"].str.lower()))
-    assert set(reasons) == {"zero-bytes", "no-pixels", "colour", "text", "missing"}
+    assert set(reasons) == {"zero-bytes", "no-pixels", "text", "missing"}
     assert all(reasons.values())
-    assert "pixel" in reasons["no-pixels"] and "colour" in reasons["colour"] and "not found" in reasons["missing"]
+    assert "pixel" in reasons["no-pixels"] and "not found" in reasons["missing"]
     assert "skipped" in summary.line() and SKIPPED_FILE in summary.line()
 
 
@@ -133,7 +133,7 @@ def test_no_patient_field_reaches_the_store_or_the_output(tmp_path):
     for secret in (PATIENT_NAME, "Secret", BIRTH_DATE):
         assert secret.encode() not in written
         assert secret not in result.stdout + result.stderr
-    assert "stored 2 of 7" in result.stdout
+    assert "stored 3 of 7" in result.stdout
 
 
 def test_workers_do_not_change_the_store(small_tree, tmp_path):

@@ -16,6 +16,7 @@ from conftest import SHARED
 from raddiffusion.data import decode
 from raddiffusion.data.chexpert import STUDY_FACTOR, read_chexpert
 from raddiffusion.data.labels import CHEXPERT_LABELS
+from raddiffusion.data.dicom_export import ExportOptions
 from raddiffusion.data.layouts import LAYOUTS, detect_layout, read_tree
 from raddiffusion.data.manifest import MANIFEST_TEST_SHARE, MANIFEST_VALIDATE_SHARE, read_manifest
 from raddiffusion.data.nih import (
@@ -559,7 +560,7 @@ def test_manifest_header_errors_are_one_line(tmp_path, header, named):
 def test_detect_layout_and_read_tree(tmp_path, small_tree):
     chexpert = chexpert_tree(tmp_path / "CheXpert-v1.0-small")
     nih = nih_tree(tmp_path / "nih")
-    assert LAYOUTS == ("mimic", "chexpert", "nih", "csv")
+    assert LAYOUTS == ("mimic", "chexpert", "nih", "dicom", "csv")
     assert detect_layout(small_tree.root) == "mimic"
     assert detect_layout(chexpert) == "chexpert" and detect_layout(nih) == "nih"
     assert read_tree(small_tree.root).dataset == "mimic"
@@ -574,7 +575,8 @@ def test_read_tree_argument_errors(tmp_path):
     for kwargs, message in [
         ({"layout": "csv"}, "manifest"),
         ({"carve": 0.1}, "carve applies to the chexpert layout only, not nih"),
-        ({"layout": "dicom"}, "layout must be one of"),
+        ({"layout": "dcm"}, "layout must be one of"),
+        ({"export": ExportOptions()}, "apply to the dicom layout only, not nih"),
         ({"layout": "nih", "manifest": tmp_path / "m.csv"}, "manifest"),
     ]:
         with pytest.raises(ValueError, match=message):
@@ -588,7 +590,8 @@ def test_no_known_layout_message(tmp_path):
         detect_layout(tmp_path / "stuff")
     assert str(error.value) == (
         f"{tmp_path / 'stuff'}: no known layout (looked for mimic-cxr-2.0.0-metadata.csv(.gz), train.csv + valid.csv, "
-        "Data_Entry_2017(_v2020).csv); give --layout csv --manifest FILE"
+        "Data_Entry_2017(_v2020).csv, DICOM files among the first 64); give --layout dicom for a folder of DICOM "
+        "files, or --layout csv --manifest FILE"
     )
     with pytest.raises(DataError, match="no known layout"):
         read_tree(tmp_path / "stuff")

@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_embed(commands)
     _add_predict(commands)
     _add_reconstruct(commands)
+    _add_export(commands)
     _add_compare(commands)
     _add_evaluate(commands)
     return parser
@@ -94,17 +95,20 @@ def _add_demo(commands) -> None:
 def _add_synth(commands) -> None:
     cmd = commands.add_parser(
         "synth",
-        help="write a MIMIC-, CheXpert- or NIH-shaped tree of procedural chest radiographs",
+        help="write a MIMIC-, CheXpert-, NIH- or hospital-export-shaped tree of procedural chest radiographs",
         description="Write a demo tree laid out exactly like a public dataset: studies of 1-4 views whose appearance "
         "follows realistic CheXpert labels. Layouts: mimic (MIMIC-CXR: files/p1X/p<subject>/s<study>/ and its three "
         "CSVs), chexpert (CheXpert-v1.0-small/ with train.csv, valid.csv and test_labels.csv), nih (NIH ChestX-ray14: "
-        "images/, Data_Entry_2017_v2020.csv and the train_val/test lists). Deterministic for a seed.",
+        "images/, Data_Entry_2017_v2020.csv and the train_val/test lists), dicom-export (a hospital's PACS export: "
+        "DICOMDIR, nested DICOM files without extension in mixed transfer syntaxes, a CT, a hand and a report to skip, "
+        "a text file; labels.csv beside it, keyed by AccessionNumber). Deterministic for a seed.",
     )
     cmd.add_argument("out", type=Path, help="directory to create (must not already hold a tree)")
     cmd.add_argument("--subjects", type=_positive_int, default=200, help="number of subjects (default 200)")
-    cmd.add_argument("--layout", choices=("mimic", "chexpert", "nih"), default="mimic",
-                     help="which public dataset the tree imitates: mimic (MIMIC-CXR), chexpert (CheXpert-v1.0-small) "
-                     "or nih (NIH ChestX-ray14); the same radiographs in each (default mimic)")
+    cmd.add_argument("--layout", choices=("mimic", "chexpert", "nih", "dicom-export"), default="mimic",
+                     help="which dataset the tree imitates: mimic (MIMIC-CXR), chexpert (CheXpert-v1.0-small), "
+                     "nih (NIH ChestX-ray14) or dicom-export (a hospital's DICOM export); the same radiographs in "
+                     "each (default mimic)")
     cmd.add_argument("--format", choices=("dicom", "jpg"), default="jpg",
                      help="image files of the mimic layout: jpg (MIMIC-CXR-JPG) or dicom (MIMIC-CXR); the chexpert "
                      "layout always writes JPG, nih PNG (default jpg)")
@@ -118,23 +122,29 @@ def _add_preprocess(commands) -> None:
 
     cmd = commands.add_parser(
         "preprocess",
-        help="decode a MIMIC-CXR, CheXpert, NIH ChestX-ray14 or CSV-listed dataset into a uint8 study store",
+        help="decode a MIMIC-CXR, CheXpert, NIH ChestX-ray14, DICOM-export or CSV-listed dataset into a uint8 study "
+        "store",
         description="Decode every image of a dataset once: crop 10% per side, resize, store uint8 with an index, the "
         "study labels and the dataset's label names. The layout is recognised from what ROOT holds: MIMIC-CXR / "
         "MIMIC-CXR-JPG (mimic-cxr-2.0.0-*.csv), CheXpert (train.csv + valid.csv), NIH ChestX-ray14 "
-        "(Data_Entry_2017*.csv); any other folder of images needs --manifest. Rows and files that cannot be used "
-        "are skipped and listed in skipped.csv. An interrupted run resumes when run again with the same arguments.",
+        "(Data_Entry_2017*.csv), a hospital's DICOM export (a folder of DICOM files, found by content, not name: "
+        "chest CR / DX images kept, studies by StudyInstanceUID, patients by PatientID, both as keyed-hash ids); any "
+        "other folder of images needs --manifest. Rows and files that cannot be used are skipped and listed in "
+        "skipped.csv. An interrupted run resumes when run again with the same arguments.",
     )
-    cmd.add_argument("root", type=Path, metavar="ROOT", help="root of the dataset (the folder holding its CSVs)")
+    cmd.add_argument("root", type=Path, metavar="ROOT",
+                     help="root of the dataset (the folder holding its CSVs, or the DICOM export)")
     cmd.add_argument("store", type=Path, metavar="STORE", help="store directory to write")
     cmd.add_argument("--layout", choices=LAYOUTS, default=None,
-                     help="the dataset's layout, when it should not be recognised from ROOT")
+                     help="the dataset's layout, when it should not be recognised from ROOT (dicom: a folder of DICOM "
+                     "files, whatever their names)")
     cmd.add_argument("--manifest", type=Path, default=None, metavar="FILE.csv",
                      help="a CSV listing the images (columns path, subject, optional study, view, split; every other "
                      "column is a label: 1 / 0 / -1 / blank); implies --layout csv")
     cmd.add_argument("--carve", type=_share, default=None, metavar="SHARE",
                      help="CheXpert: move this share of the train patients into each split the data lacks "
                      "(validate or test), by a hash of the patient")
+    _add_export_options(cmd)
     cmd.add_argument("--image-size", type=_positive_int, default=256, help="output side in pixels (default 256)")
     cmd.add_argument("--workers", type=_positive_int, default=None, help="decoding processes (default: all CPUs)")
     cmd.add_argument(
@@ -142,6 +152,31 @@ def _add_preprocess(commands) -> None:
         help="write only shard I of N (1-based; subjects dealt in turn), e.g. one per machine; read back as one store",
     )
     cmd.set_defaults(handler=run_preprocess)
+
+
+EXPORT_OPTIONS = ("id_key", "id_map", "labels", "split_file")
+
+
+def _add_export_options(cmd: argparse.ArgumentParser) -> None:
+    from .data.dicom_export import DEFAULT_ID_KEY
+    from .data.manifest import MANIFEST_TEST_SHARE, MANIFEST_VALIDATE_SHARE
+
+    group = cmd.add_argument_group("DICOM export (layout dicom)")
+    group.add_argument("--id-key", metavar="KEY",
+                       help="secret key of the keyed hash (HMAC-SHA256) that turns PatientID and StudyInstanceUID into "
+                       f"integer ids; keep it to link later exports (default {DEFAULT_ID_KEY!r}, public: anyone can "
+                       "recompute ids from PatientIDs they know)")
+    group.add_argument("--id-map", type=Path, metavar="FILE.csv",
+                       help="write the raw-to-id table (path, image_id, subject_id, study_id, PatientID, "
+                       "StudyInstanceUID, AccessionNumber, SOPInstanceUID, reason) here, outside the store, to link "
+                       "labels later; it holds identifiers: keep it as safe as the export")
+    group.add_argument("--labels", type=Path, metavar="FILE.csv",
+                       help="labels CSV keyed by a StudyInstanceUID or AccessionNumber column; every other column is a "
+                       "label: 1 / 0 / -1 / blank (default: no labels, the store serves pretraining only)")
+    group.add_argument("--split-file", type=Path, metavar="FILE.csv",
+                       help="splits CSV: a PatientID or StudyInstanceUID column and a split column (train / validate / "
+                       f"test); patients it does not list are split by hash (validate {MANIFEST_VALIDATE_SHARE:g}, "
+                       f"test {MANIFEST_TEST_SHARE:g})")
 
 
 MODEL_OPTIONS = ("preset", "scheme", "mask_ratio", "image_size", "decoder", "schedule", "timesteps",
@@ -288,6 +323,12 @@ def _add_pretrain(commands) -> None:
     cmd.add_argument("store", type=Path, nargs="+", metavar="STORE", help="store(s) written by `raddiffusion preprocess`")
     cmd.add_argument("--probe-store", type=Path, default=None, metavar="STORE",
                      help="store whose train -> validate split the probes use (default: the first STORE)")
+    cmd.add_argument("--init", type=Path, default=None, metavar="WEIGHTS",
+                     help="start from these weights instead of a random initialisation: an MAE or timm checkpoint "
+                     "(.pth), a Hugging Face ViTMAE folder (config.json + model.safetensors) or a checkpoint of the "
+                     "original implementation. Its encoder must match the model (width, depth, heads, patch size: "
+                     "choose --encoder-size to match); any image size works (position tables are recomputed), RGB "
+                     "kernels are summed to grey, decoder weights are taken where they fit. Prints what was taken")
     cmd.add_argument("--run", "--run-dir", dest="run", type=Path, required=True, metavar="RUN_DIR",
                      help="run directory to write (spell it --run-dir after `torchrun ... -m raddiffusion`: torchrun "
                      "takes --run for its own --run-path)")
@@ -488,6 +529,31 @@ def _add_reconstruct(commands) -> None:
     cmd.set_defaults(handler=run_reconstruct)
 
 
+def _add_export(commands) -> None:
+    cmd = commands.add_parser(
+        "export", help="write a model's encoder as a Hugging Face ViTMAE folder",
+        description="Write the encoder of a pretraining or fine-tuning run (with a vanilla MAE: also its decoder) as a "
+        "Hugging Face ViTMAE folder, config.json + model.safetensors, that transformers.ViTMAEModel.from_pretrained "
+        "reads. ViTMAE sees each image alone: the study fusion between views does not cross, nor do DiffMAE "
+        "decoders, the MAE's patch-statistics head or a classifier's head. A one-view study gives the same tokens "
+        "when ViTMAE runs with mask_ratio=0 and noise=torch.arange(number of patches) (its masking shuffles the "
+        "patches otherwise).",
+    )
+    cmd.add_argument("model", type=Path, metavar="RUN_OR_CHECKPOINT",
+                     help="pretraining or fine-tuning run directory, or a .safetensors model")
+    cmd.add_argument("--format", choices=("hf",), default="hf",
+                     help="hf: a Hugging Face ViTMAE folder (the only format so far; default)")
+    cmd.add_argument("out", type=Path, metavar="OUT", help="folder to create (it must not exist yet)")
+    cmd.set_defaults(handler=run_export)
+
+
+def run_export(args: argparse.Namespace, argv: list[str]) -> None:
+    from .train.checkpoint import load
+    from .train.interop import export_hf
+
+    print(export_hf(load(args.model), args.out))
+
+
 def _add_compare(commands) -> None:
     cmd = commands.add_parser(
         "compare", help="is one model really better than another? paired bootstrap of mean AUROC",
@@ -603,9 +669,17 @@ def run_preprocess(args: argparse.Namespace, argv: list[str]) -> None:
 
     summary = preprocess(
         args.root, args.store, image_size=args.image_size, workers=args.workers, shard=parse_shard(args.shard),
-        layout=args.layout, manifest=args.manifest, carve=args.carve,
+        layout=args.layout, manifest=args.manifest, carve=args.carve, export=_export_options(args),
     )
     print(summary.line())
+
+
+def _export_options(args: argparse.Namespace):
+    """The DICOM-export options given on the command line, or None when none is."""
+    from .data.dicom_export import ExportOptions
+
+    given = {name: getattr(args, name) for name in EXPORT_OPTIONS if getattr(args, name) is not None}
+    return ExportOptions(**given) if given else None
 
 
 def run_demo(args: argparse.Namespace, argv: list[str]) -> None:
@@ -719,7 +793,9 @@ def run_pretrain(args: argparse.Namespace, argv: list[str]) -> int | None:
         return code
     summary = pretrain(args.store, args.run, model=_explicit(args, MODEL_OPTIONS),
                        train=_explicit(args, PRETRAIN_OPTIONS), resume=args.resume, device=_device(args),
-                       progress=not args.quiet, probe_store=args.probe_store)
+                       progress=not args.quiet, probe_store=args.probe_store, init=args.init)
+    if summary["init"]:
+        _print_once(summary["init"])
     _print_once(_pretrain_line(args.run, summary))
     return None
 

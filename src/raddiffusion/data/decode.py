@@ -6,7 +6,8 @@ and of the height away on each side and resizes the rest to ``size × size`` uin
 
 Privacy: DICOM files are read with only the technical image tags (geometry, bit depth, LUTs,
 window, pixel data), so patient fields are never parsed, and error messages name only technical
-facts (transfer syntax, samples per pixel, byte counts, ...).
+facts (transfer syntax, samples per pixel, byte counts, ...). Colour-encoded images (RGB, YBR
+secondary captures) are read as their luminance.
 
 pydicom's warnings are silenced per call with ``warnings.catch_warnings``, which is process-wide:
 run parallel decoding in processes rather than threads.
@@ -29,6 +30,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from .codecs import decoding_plugin
 
 BORDER_CROP = 0.10
 """Fraction of the width (and of the height) cut away on each side."""
@@ -59,6 +62,11 @@ PICTURE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 INVERTED_MONOCHROME = "MONOCHROME1"
+COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
+"""Colour encodings read as grey (decoded to RGB by pydicom, then luminance)."""
+COLOUR_SAMPLES = 3
+LUMINANCE_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
+"""ITU-R BT.601 luma of R, G, B (what Pillow's convert("L") uses)."""
 SIGMOID_SLOPE = 4.0
 """DICOM PS3.3 C.11.2.1.3: y = 1 / (1 + exp(-4 (x - c) / w))."""
 
@@ -83,8 +91,6 @@ DICOM_TAGS = [
     "PixelData",
 ]
 """The only tags read from a DICOM file: everything the pixels need, nothing about the patient."""
-PREFERRED_PLUGIN = "pylibjpeg"
-"""pydicom plugin used for compressed syntaxes when installed (JPEG 2000 via pylibjpeg-openjpeg)."""
 
 ValueRange = tuple[float, float]
 
@@ -182,6 +188,9 @@ def _one_line(error: BaseException) -> str:
 def decode_dicom(path: str | Path, min_size: int | None = None) -> np.ndarray:
     """Decode a single-frame grayscale DICOM to ``float32 [H, W]`` in [0, 1], bone bright.
 
+    A colour-encoded one (RGB, YBR) becomes its luminance, scaled by its stored range. Compressed
+    syntaxes go through the pydicom plugin :func:`codecs.decoding_plugin` picks.
+
     Applies the modality LUT (sequence or rescale slope/intercept), then the VOI LUT sequence
     (preferred) or the first window centre/width, and scales by the real output range: the
     window's output range, the VOI LUT's entry range, or, without VOI, the stored-value range of
@@ -198,11 +207,11 @@ def decode_dicom(path: str | Path, min_size: int | None = None) -> np.ndarray:
 
 
 def _decode_dicom(path: Path, min_size: int | None) -> np.ndarray:
-    with _quiet_pydicom() as caught:
+    with quiet_pydicom() as caught:
         dataset = _read_dataset(path)
         photometric = _check_supported(dataset, ended_early=_hit_end_of_file(caught))
         raw = _decode_pixels(dataset)
-        unit = _to_unit_range(raw, dataset)
+        unit = _colour_to_unit_range(raw, dataset) if photometric in COLOUR else _to_unit_range(raw, dataset)
     if photometric == INVERTED_MONOCHROME:
         np.subtract(np.float32(1.0), unit, out=unit)
     if min_size is not None:
@@ -211,7 +220,7 @@ def _decode_dicom(path: Path, min_size: int | None) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def _quiet_pydicom() -> Iterator[list[warnings.WarningMessage]]:
+def quiet_pydicom() -> Iterator[list[warnings.WarningMessage]]:
     """Record pydicom's warnings instead of printing them, and mute its warning logs.
 
     pydicom warns (and logs) for harmless quirks of normal files; the recorded warnings are
@@ -264,14 +273,16 @@ def _file_size(path: Path) -> int:
 
 
 def _check_supported(dataset: Dataset, ended_early: bool) -> str:
-    """Refuse what is not a single grayscale frame; return the photometric interpretation."""
+    """Refuse what is not a single grey or RGB / YBR frame; return the photometric interpretation."""
     if "PixelData" not in dataset:
         raise DecodeError("truncated file (ended inside the pixel data)" if ended_early else "no pixel data")
     samples = dataset.get("SamplesPerPixel") or 1
-    if samples != 1:
-        raise DecodeError(f"colour image (SamplesPerPixel={samples})")
     photometric = str(dataset.get("PhotometricInterpretation", "")).strip()
-    if photometric not in MONOCHROME:
+    if samples == COLOUR_SAMPLES and photometric not in COLOUR:
+        raise DecodeError(f"unsupported colour encoding {photometric[:16]!r} (need RGB or YBR)")
+    if samples not in (1, COLOUR_SAMPLES):
+        raise DecodeError(f"unsupported samples per pixel (SamplesPerPixel={samples})")
+    if samples == 1 and photometric not in MONOCHROME:
         raise DecodeError(f"unsupported photometric interpretation {photometric[:16]!r} (need MONOCHROME1/2)")
     frames = int(dataset.get("NumberOfFrames") or 1)
     if frames != 1:
@@ -289,12 +300,15 @@ def _decode_pixels(dataset: Dataset) -> np.ndarray:
         raise DecodeError(f"no pixel decoder installed for transfer syntax {syntax.name} ({syntax})")
     if not syntax.is_compressed:
         _check_native_length(dataset)
-    plugin = PREFERRED_PLUGIN if PREFERRED_PLUGIN in decoder.available_plugins else ""
+    bits = int(dataset.get("BitsStored") or 0)
+    plugin = decoding_plugin(syntax, bits, decoder.available_plugins)
+    if plugin is None:
+        raise DecodeError(f"no safe pixel decoder installed for {syntax.name} with BitsStored={bits}")
     try:
         pixels = pydicom.pixels.pixel_array(dataset, decoding_plugin=plugin)
     except Exception as error:
         raise DecodeError(f"cannot decode pixel data ({syntax.name}): {_one_line(error)}") from None
-    if pixels.ndim != 2:
+    if pixels.ndim != 2 and pixels.shape[2:] != (COLOUR_SAMPLES,):
         raise DecodeError(f"unexpected pixel array shape {pixels.shape}")
     return pixels
 
@@ -318,7 +332,7 @@ def _transfer_syntax(dataset: Dataset) -> UID:
 def _check_native_length(dataset: Dataset) -> None:
     try:
         bits = int(dataset.BitsAllocated)
-        expected = int(dataset.Rows) * int(dataset.Columns) * bits // 8
+        expected = int(dataset.Rows) * int(dataset.Columns) * bits // 8  # a lower bound: colour holds more
     except (AttributeError, TypeError, ValueError):
         raise DecodeError("missing or invalid Rows/Columns/BitsAllocated") from None
     actual = len(dataset.PixelData)
@@ -333,6 +347,12 @@ def _to_unit_range(raw: np.ndarray, dataset: Dataset) -> np.ndarray:
     if windowed is not None:
         return windowed
     return _rescale_to_unit(values, value_range)
+
+
+def _colour_to_unit_range(rgb: np.ndarray, dataset: Dataset) -> np.ndarray:
+    """Luminance of RGB samples scaled by their stored range to [0, 1] (no modality LUT or VOI for colour)."""
+    luminance = rgb.astype(np.float32) @ LUMINANCE_WEIGHTS
+    return _rescale_to_unit(luminance, _stored_value_range(dataset))
 
 
 def _stored_value_range(dataset: Dataset) -> ValueRange:

@@ -1,20 +1,22 @@
 """Which reader a dataset folder needs, and reading it: the one entry point to the readers.
 
-``detect_layout`` looks only at the files at ROOT: MIMIC-CXR's metadata CSV, CheXpert's
-``train.csv`` + ``valid.csv``, NIH's Data_Entry CSV, in that order. Any other folder is read with a
-manifest CSV (layout ``csv``).
+``detect_layout`` looks at the files at ROOT: MIMIC-CXR's metadata CSV, CheXpert's ``train.csv`` +
+``valid.csv``, NIH's Data_Entry CSV, in that order; failing those, a DICOM file among the first
+:data:`~.dicom_export.DETECT_FILES` files of the tree makes it a DICOM export (layout ``dicom``). Any
+other folder is read with a manifest CSV (layout ``csv``).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from .chexpert import TRAIN_CSV, VALID_CSV, read_chexpert
+from .dicom_export import DETECT_FILES, ExportOptions, is_dicom_export, read_dicom_export
 from .manifest import read_manifest
 from .mimic import METADATA_CSV, read_mimic
 from .nih import find_data_entry, read_nih
 from .tree import DataError, ImageTree, find_csv
 
-LAYOUTS = ("mimic", "chexpert", "nih", "csv")
+LAYOUTS = ("mimic", "chexpert", "nih", "dicom", "csv")
 
 __all__ = ["LAYOUTS", "detect_layout", "read_tree"]
 
@@ -30,9 +32,12 @@ def detect_layout(root: str | Path) -> str:
         return "chexpert"
     if find_data_entry(root) is not None:
         return "nih"
+    if is_dicom_export(root):
+        return "dicom"
     raise DataError(
         f"{root}: no known layout (looked for {METADATA_CSV}(.gz), {TRAIN_CSV} + {VALID_CSV}, "
-        "Data_Entry_2017(_v2020).csv); give --layout csv --manifest FILE"
+        f"Data_Entry_2017(_v2020).csv, DICOM files among the first {DETECT_FILES}); give --layout dicom for a "
+        "folder of DICOM files, or --layout csv --manifest FILE"
     )
 
 
@@ -41,10 +46,14 @@ def read_tree(
     layout: str | None = None,
     manifest: str | Path | None = None,
     carve: float | None = None,
+    export: ExportOptions | None = None,
+    progress: bool = False,
 ) -> ImageTree:
     """Read ``root`` with the reader of ``layout`` (detected when None; a ``manifest`` implies ``csv``).
 
     ``carve`` (CheXpert only): the share of train patients carved into a missing validate/test split.
+    ``export`` (DICOM export only): id key, id map, labels and split files. ``progress``: a bar while
+    the DICOM headers are read.
     """
     if layout is not None and layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
@@ -57,10 +66,14 @@ def read_tree(
     layout = layout or detect_layout(root)
     if carve is not None and layout != "chexpert":
         raise ValueError(f"carve applies to the chexpert layout only, not {layout}")
+    if export is not None and layout != "dicom":
+        raise ValueError(f"--id-key, --id-map, --labels and --split-file apply to the dicom layout only, not {layout}")
     if layout == "mimic":
         return read_mimic(root)
     if layout == "chexpert":
         return read_chexpert(root, carve)
     if layout == "nih":
         return read_nih(root)
+    if layout == "dicom":
+        return read_dicom_export(root, export, progress)
     return read_manifest(root, manifest)

@@ -52,7 +52,8 @@ UNKNOWN_VIEW = "UNKNOWN"
 FORMATS = {".dcm": "dicom", ".dicom": "dicom", ".jpg": "jpg", ".jpeg": "jpg", ".png": "png"}
 INTEGER = re.compile(r"\d+")
 
-__all__ = ["MANIFEST_TEST_SHARE", "MANIFEST_VALIDATE_SHARE", "RESERVED_COLUMNS", "read_manifest"]
+__all__ = ["MANIFEST_TEST_SHARE", "MANIFEST_VALIDATE_SHARE", "RESERVED_COLUMNS", "SPLIT_NAMES", "complete_splits",
+           "read_manifest"]
 
 
 def read_manifest(root: str | Path, manifest: str | Path) -> ImageTree:
@@ -109,8 +110,8 @@ def read_manifest(root: str | Path, manifest: str | Path) -> ImageTree:
 
     images = pd.DataFrame({"image_id": image_ids, "subject_id": subjects, "study_id": studies, "view": views,
                            "path": paths})[~bad]
-    images["split"], split_source = _splits(images["subject_id"], given[~bad].map(SPLIT_NAMES).fillna(""),
-                                            manifest.name)
+    images["split"], split_source = complete_splits(images["subject_id"], given[~bad].map(SPLIT_NAMES).fillna(""),
+                                                    manifest.name)
     check_patient_disjoint(images)
     kept_raw = raw[~bad]
     has_value = ~np.isnan(kept_raw).all(axis=1)
@@ -144,8 +145,9 @@ def _study_ids(frame: pd.DataFrame, subjects: pd.Series, paths: pd.Series) -> pd
     return pd.Series([number[key] for key in keys], index=frame.index, dtype=np.int64)
 
 
-def _splits(subjects: pd.Series, given: pd.Series, manifest_name: str) -> tuple[pd.Series, str]:
-    """The given split; else the subject's split given on its other rows; else by subject hash."""
+def complete_splits(subjects: pd.Series, given: pd.Series, manifest_name: str) -> tuple[pd.Series, str]:
+    """The given split (blank: none); else the subject's split given on its other rows; else by subject hash
+    (:data:`MANIFEST_VALIDATE_SHARE`, :data:`MANIFEST_TEST_SHARE`). Returns the splits and how they were made."""
     by_hash = f"by subject hash (validate {MANIFEST_VALIDATE_SHARE:g}, test {MANIFEST_TEST_SHARE:g})"
     blank = given.eq("")
     if not blank.any():

@@ -1,4 +1,4 @@
-"""One pass from a dataset folder (MIMIC-CXR, CheXpert, NIH ChestX-ray14 or a CSV manifest) to a store shard: decode, crop, resize, uint8 — resumable and parallel.
+"""One pass from a dataset folder (MIMIC-CXR, CheXpert, NIH ChestX-ray14, a DICOM export or a CSV manifest) to a store shard: decode, crop, resize, uint8 — resumable and parallel.
 
 Work is cut into fixed chunks of the (sorted) image list. Each finished chunk is saved as
 ``chunks/chunk-NNNNNN.npy`` then ``.json`` (its completion mark), both written then renamed, so an
@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ..fileio import TEMPORARY_GLOB, atomic_path, read_json, write_json
 from .decode import read_image
+from .dicom_export import ExportOptions, check_id_map
 from .layouts import read_tree
 from .tree import DataError, ImageTree
 from .store import (
@@ -96,18 +97,22 @@ def preprocess(
     layout: str | None = None,
     manifest: str | Path | None = None,
     carve: float | None = None,
+    export: ExportOptions | None = None,
 ) -> PreprocessSummary:
     """Decode shard ``shard = (I, N)`` of the dataset at ``root`` into ``store``.
 
-    The layout (MIMIC, CheXpert, NIH or a CSV ``manifest``) is detected from what ``root`` holds
-    unless ``layout`` names it; ``carve`` is the share of train patients moved into a split the
-    dataset lacks (CheXpert). Subjects are dealt to shards in turn, so each shard holds whole
+    The layout (MIMIC, CheXpert, NIH, a DICOM export or a CSV ``manifest``) is detected from what
+    ``root`` holds unless ``layout`` names it; ``carve`` is the share of train patients moved into a
+    split the dataset lacks (CheXpert); ``export`` the options of a DICOM export (its id map must lie
+    outside ``store``). Subjects are dealt to shards in turn, so each shard holds whole
     subjects. Re-running after an interruption resumes; re-running a finished shard does nothing.
     """
     if image_size < 8:
         raise ValueError(f"image size must be at least 8 pixels, not {image_size}")
     started = time.perf_counter()
-    tree = read_tree(root, layout, Path(manifest) if manifest else None, carve)
+    if export is not None and export.id_map is not None:
+        check_id_map(export.id_map, store)
+    tree = read_tree(root, layout, Path(manifest) if manifest else None, carve, export, progress)
     images = select_shard(tree.images, *shard)
     shard_dir = Path(store) / shard_dirname(*shard)
     params = _params(tree, images, image_size, chunk_size, shard)
@@ -239,6 +244,8 @@ def _assemble(
     ok = np.array([r == "" for r in reasons], dtype=bool)
     kept = images[ok]
     skipped = images[~ok].assign(reason=[r for r in reasons if r])[SKIPPED_COLUMNS]
+    if tree.private_paths:
+        skipped = skipped.assign(path="")
     if shard[0] == 1:
         skipped = pd.concat([tree.skipped[SKIPPED_COLUMNS], skipped], ignore_index=True)
     labels = tree.labels[tree.labels.index.isin(kept["study_id"])].reset_index()

@@ -127,6 +127,12 @@ class Store:
     def __len__(self) -> int:
         return len(self.images)
 
+    def require_labels(self, purpose: str) -> None:
+        """Raise a one-line ValueError, naming ``purpose``, when the store has no label columns."""
+        if not self.label_names:
+            raise ValueError(f"{self.root} has no labels, so it serves pretraining only; to {purpose}, preprocess "
+                             "the data again with its labels (a DICOM export: --labels FILE.csv)")
+
     def summary(self) -> str:
         """One line: images, studies, subjects and images per split."""
         per_split = self.index["split"].value_counts()

@@ -1,6 +1,6 @@
 """What every dataset reader returns, and the helpers the readers share.
 
-A reader (``mimic``, ``chexpert``, ``nih``, ``manifest``) turns a dataset folder into an
+A reader (``mimic``, ``chexpert``, ``nih``, ``manifest``, ``dicom_export``) turns a dataset folder into an
 :class:`ImageTree`: one row per image (its id, subject, study, view, split and path relative to the
 root), one row of raw label values per labelled study, the dataset's label names, and the rows it
 could not use with the reason. Preprocessing reads nothing else, so a new dataset is one new reader.
@@ -43,6 +43,8 @@ class ImageTree:
     image id. ``labels``: indexed by study_id, with subject_id and one column of raw values per name
     in ``label_names`` (1, 0, -1, NaN = not mentioned). ``skipped``: rows the reader could not use
     (:data:`SKIPPED_COLUMNS`). ``dataset`` names the reader; ``source_format`` the image files.
+    ``private_paths``: file paths may name patients (a hospital's DICOM export), so no output lists
+    them; skipped files are named by ``image_id`` alone.
     """
 
     root: Path
@@ -53,6 +55,7 @@ class ImageTree:
     source_format: str
     split_source: str
     skipped: pd.DataFrame = field(default_factory=no_skips)
+    private_paths: bool = False
 
     def labelled_images(self, label_policy: str = "ones") -> pd.DataFrame:
         """Images joined with their study's binary labels under ``label_policy``.

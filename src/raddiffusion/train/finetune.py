@@ -29,7 +29,7 @@ from ..data.store import Store, open_store
 from ..data.studies import StudyDataset, collate_studies
 from ..fileio import atomic_path, read_json, write_json
 from ..models import StudyClassifier, model_config
-from ..models.presets import RUNTIME_FIELDS, ModelConfig
+from ..models.presets import RUNTIME_FIELDS, saved_config
 from ..results.bootstrap import DEFAULT_RESAMPLES
 from ..results.metrics import format_metric, format_table, label_metrics
 from ..results.predictions import Predictions, write_predictions
@@ -154,6 +154,7 @@ def finetune(
     process, stored = open_run(run_dir, resume, device)
     settings = resolve_settings(FinetuneSettings, stored and stored["train"], train, MAY_CHANGE_ON_RESUME, run_dir)
     store = open_store(store_path)
+    store.require_labels("fine-tune")
     torch.manual_seed(settings.seed)
     net = _initial_model(stored, pretrained, model, run_dir, settings, label_head(store)).to(process.device)
     check_store_fits(store, net.config, store_path)
@@ -341,7 +342,7 @@ def _initial_model(stored: dict | None, pretrained, requested: dict, run_dir: Pa
     model's outputs (:func:`label_head`).
     """
     if stored is not None:
-        config = ModelConfig(**stored["model"])
+        config = saved_config(stored["model"])
         check_requested(run_dir, config.to_dict(), {k: v for k, v in requested.items() if k not in RUNTIME_FIELDS})
         config = replace(config, **{k: v for k, v in requested.items() if k in RUNTIME_FIELDS})  # e.g. grad_checkpoint
         if stored.get("pretrained") and not (run_dir / CHECKPOINT).is_file():  # stopped before its 1st checkpoint

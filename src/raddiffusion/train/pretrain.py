@@ -17,10 +17,11 @@ from ..data.store import open_store
 from ..data.studies import PooledStudies, StudyDataset
 from ..fileio import read_json, write_json
 from ..models import from_config, model_config
-from ..models.presets import RUNTIME_FIELDS, ModelConfig
+from ..models.presets import RUNTIME_FIELDS, ModelConfig, saved_config
 from . import distributed
 from .batches import EpochPlan, micro_batch_generator
 from .checkpoint import save_model
+from .interop import InitPlan, apply_init, plan_init
 from .microbatch import check_micro_batch, resolve_micro_batch
 from .loop import (
     accumulate_gradients,
@@ -94,6 +95,7 @@ def pretrain(
     device: str | list[int] = "auto",
     progress: bool = True,
     probe_store: str | Path | None = None,
+    init: str | Path | None = None,
 ) -> dict:
     """Pretrain into ``run_dir``; returns the summary also written to ``run_dir/summary.json``.
 
@@ -101,13 +103,16 @@ def pretrain(
     must agree); probes and figures use ``probe_store`` (default: the first store). ``model``:
     ``preset``, ``scheme`` and any :class:`ModelConfig` field; ``train``: any :class:`PretrainSettings`
     field. When resuming, the run's stored configuration is used and the given values must agree with
-    it (except ``probe_every``, ``save_every``, ``workers``, ``compile``).
+    it (except ``probe_every``, ``save_every``, ``workers``, ``compile``). ``init``: weights the new model starts
+    from (an MAE / timm checkpoint, a Hugging Face ViTMAE folder, the original implementation's; see
+    :mod:`.interop`), checked before the run directory is written; a resumed run keeps its own.
     """
     run_dir, model, train = Path(run_dir), dict(model or {}), dict(train or {})
     paths = [Path(p) for p in store_path] if isinstance(store_path, (list, tuple)) else [Path(store_path)]
     process, stored = open_run(run_dir, resume, device)
     config = _resolve_model(stored, model, run_dir)
     settings = resolve_settings(PretrainSettings, stored and stored["train"], train, MAY_CHANGE_ON_RESUME, run_dir)
+    init = _resolve_init(stored, init, run_dir)
 
     if stored is not None:
         _check_same_stores(run_dir, stored, paths)
@@ -129,12 +134,14 @@ def pretrain(
                                                   int(views.max()), process.device, settings.precision,
                                                   lambda: from_config(config))
         settings = replace(settings, micro_batch=micro, accumulation=accumulation)
+    checkpoint = run_dir / CHECKPOINT
+    init_plan = _init_plan(init, config) if init is not None and not (resume and checkpoint.is_file()) else None
     distributed.barrier(process)  # every process has checked the run directory before the main one writes to it
     if process.is_main:
         write_json(run_dir / CONFIG, {
             "command": "pretrain", "store": str(paths[0]), "stores": [str(p) for p in paths],
             "datasets": [one.dataset for one in stores], "probe_store": str(probe_store or paths[0]),
-            "model": config.to_dict(), "train": asdict(settings),
+            "model": config.to_dict(), "train": asdict(settings), "init": str(init) if init else None,
             "data": {"train_studies": len(dataset), "train_images": int(views.sum()), "steps_per_epoch": steps_per_epoch,
                      "train_studies_per_store": [len(part) for part in parts]},
         })
@@ -143,10 +150,13 @@ def pretrain(
     tune_allocator(process, config)
     net = from_config(config).to(process.device)
     optimizer = build_optimizer(net, settings.lr, settings.weight_decay)
-    checkpoint = run_dir / CHECKPOINT
     state = {"step": 0, "epoch_loss": 0.0, "last_epoch_loss": None, "seconds": 0.0}
+    init_line = f"init: {init} (when the run started)" if init else None
     if resume and checkpoint.is_file():
         state = load_checkpoint(checkpoint, net, optimizer)
+    elif init_plan is not None:
+        init_line = apply_init(net, init_plan).line()
+        init_plan = None  # drop the file's tensors
     log = MetricsLog(run_dir, enabled=process.is_main)
     log.keep_until(state["step"])
     trainer = wrap_for_training(net, process, settings.compile)
@@ -209,6 +219,7 @@ def pretrain(
             preemption.stop_if_requested(state["step"], checkpoint)
 
     summary = _summary(run_dir, config, settings, state)
+    summary["init"] = init_line
     if process.is_main:
         write_json(run_dir / SUMMARY, summary)
     log.close()
@@ -235,13 +246,38 @@ def _check_same_stores(run_dir: Path, stored: dict, paths: list[Path]) -> None:
 def _resolve_model(stored: dict | None, requested: dict, run_dir: Path) -> ModelConfig:
     if stored is None:
         return model_config(**requested)
-    config = ModelConfig(**stored["model"])
+    config = saved_config(stored["model"])
     check_requested(run_dir, config.to_dict(), {k: v for k, v in requested.items() if k not in RUNTIME_FIELDS})
     return replace(config, **{k: v for k, v in requested.items() if k in RUNTIME_FIELDS})  # e.g. grad_checkpoint
 
 
+def _resolve_init(stored: dict | None, init: str | Path | None, run_dir: Path) -> Path | None:
+    """The weights a run starts from: ``init`` for a new run; a resumed run's own (``init`` must not say otherwise)."""
+    if stored is None:
+        return None if init is None else Path(init)
+    before = stored.get("init")
+    if init is not None and (before is None or Path(before).resolve() != Path(init).resolve()):
+        raise RunError(f"{run_dir} was started {f'from {before}' if before else 'without --init'}; "
+                       "resume it without --init")
+    return None if before is None else Path(before)
+
+
+def _init_plan(init: Path, config: ModelConfig) -> InitPlan:
+    """Read ``init`` and fit it to the model of ``config`` (shapes only: built on the meta device, no memory)."""
+    with torch.device("meta"):
+        shapes = from_config(config)
+    return plan_init(init, shapes)
+
+
 def _probe(net, store, epoch: int, settings: PretrainSettings, process, run_dir: Path, progress: bool) -> None:
-    """Linear probe of the frozen encoder (train -> validate) by the main process; the others wait."""
+    """Linear probe of the frozen encoder (train -> validate) by the main process; the others wait.
+
+    A store without labels (a DICOM export preprocessed without --labels) has nothing to probe: a note at epoch 0.
+    """
+    if not store.label_names:
+        if epoch == 0 and process.is_main and progress:
+            tqdm.write(f"no linear probes: {store.root} has no labels (pretraining only)")
+        return
     if process.is_main:
         metrics, predictions = probe_with_predictions(unwrap(net), store, label_policy=settings.label_policy,
                                                       batch_size=PROBE_BATCH_STUDIES, device=process.device,

@@ -247,6 +247,7 @@ def probe_with_predictions(
     ``options`` chooses linear or kNN, the label fraction, the seeds (default: ``seed`` alone) and
     the bootstrap; the other arguments say what is embedded and where.
     """
+    store.require_labels("probe")
     options = options or ProbeOptions(seeds=(seed,))
     embed = {"model": model, "store": store, "label_policy": label_policy, "batch_size": batch_size,
              "device": device, "num_workers": num_workers, "progress": progress}

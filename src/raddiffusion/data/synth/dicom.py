@@ -2,19 +2,31 @@
 
 Photometric interpretation, bit depth, VOI (window and rescale), modality and transfer syntax
 (uncompressed, JPEG 2000 or RLE lossless) vary per file; decoding any of them the standard way
-gives back the rendered display values.
+gives back the rendered display values. :func:`dicom_dataset` also writes the other lossless
+syntaxes of :data:`TRANSFERS` (the DICOM export's variety).
 """
 from __future__ import annotations
 
 import datetime as dt
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
+from pydicom.encaps import encapsulate
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+    generate_uid,
+)
 
+from .lossless_jpeg import encode_lossless_jpeg
 from .output import atomic_write
 from .render import Radiograph
 from .subjects import DAYS_PER_YEAR, PROCEDURE, View
@@ -32,6 +44,8 @@ VOI_MODES = ("none", "window", "rescale", "rescale+window")
 VOI_MODE_WEIGHTS = (0.4, 0.3, 0.15, 0.15)
 TRANSFER_CHOICES = ("explicit", "jpeg2000", "rle")
 TRANSFER_WEIGHTS = (0.83, 0.12, 0.05)
+TRANSFERS = ("explicit", "implicit", "deflated", "jpeg-lossless", "jpeg-ls", "rle", "jpeg2000")
+"""Every transfer syntax :func:`dicom_dataset` writes, all lossless."""
 DX_PROBABILITY = 0.4
 RESCALE_SLOPES = (0.5, 1.0, 2.0)
 RESCALE_INTERCEPTS = (0.0, -1024.0)
@@ -81,12 +95,28 @@ class _DicomEncoding:
 
 def write_dicom(path: Path, image: Radiograph, info: DicomInfo, rng: np.random.Generator) -> None:
     """Write ``image`` as a DICOM file with an encoding drawn from ``rng``."""
+    atomic_write(path, dicom_bytes(dicom_dataset(image, info, rng)))
+
+
+def dicom_dataset(image: Radiograph, info: DicomInfo, rng: np.random.Generator,
+                  transfer: str | None = None) -> Dataset:
+    """``image`` as a DICOM dataset with an encoding drawn from ``rng``; ``transfer`` (one of
+    :data:`TRANSFERS`) replaces the drawn transfer syntax."""
     encoding = _sample_encoding(rng)
+    if transfer is not None:
+        if transfer not in TRANSFERS:
+            raise ValueError(f"transfer must be one of {', '.join(TRANSFERS)}, not {transfer!r}")
+        encoding = replace(encoding, transfer=transfer)
     dataset = _dicom_dataset(image, info, encoding)
     _compress(dataset, encoding)
+    return dataset
+
+
+def dicom_bytes(dataset: Dataset) -> bytes:
+    """``dataset`` as the bytes of a DICOM file (preamble, file meta, its transfer syntax)."""
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
-    atomic_write(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 def _sample_encoding(rng: np.random.Generator) -> _DicomEncoding:
@@ -118,13 +148,14 @@ def _stored_pixels(values: np.ndarray, encoding: _DicomEncoding) -> np.ndarray:
     return np.clip(np.rint(raw), 0, top).astype(np.uint16)
 
 
-def _uid(*parts: object) -> str:
+def demo_uid(*parts: object) -> str:
+    """A UID derived from ``parts``: the same for the same demo seed and ids."""
     return generate_uid(entropy_srcs=[DEMO_UID_ENTROPY, *map(str, parts)])
 
 
 def _dicom_dataset(image: Radiograph, info: DicomInfo, encoding: _DicomEncoding) -> Dataset:
     sop_class = DX_SOP_CLASS if encoding.modality == "DX" else CR_SOP_CLASS
-    instance_uid = _uid(info.seed, info.view.dicom_id)
+    instance_uid = demo_uid(info.seed, info.view.dicom_id)
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = sop_class
@@ -145,8 +176,8 @@ def _dicom_dataset(image: Radiograph, info: DicomInfo, encoding: _DicomEncoding)
     ds.PatientSex = info.sex
     ds.BodyPartExamined = "CHEST"
     ds.ViewPosition = info.view.position
-    ds.StudyInstanceUID = _uid(info.seed, info.study_id)
-    ds.SeriesInstanceUID = _uid(info.seed, info.study_id, info.series)
+    ds.StudyInstanceUID = demo_uid(info.seed, info.study_id)
+    ds.SeriesInstanceUID = demo_uid(info.seed, info.study_id, info.series)
     ds.StudyID = str(info.study_id)
     ds.SeriesNumber = info.series + 1
     ds.InstanceNumber = 1
@@ -184,4 +215,14 @@ def _compress(ds: Dataset, encoding: _DicomEncoding) -> None:
     if encoding.transfer == "jpeg2000":
         ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg", generate_instance_uid=False)
     elif encoding.transfer == "rle":
-        ds.compress(RLELossless, encoding_plugin="pydicom", generate_instance_uid=False)
+        ds.compress(RLELossless, encoding_plugin="pylibjpeg", generate_instance_uid=False)  # = pydicom's bytes, 10x faster
+    elif encoding.transfer == "jpeg-ls":
+        ds.compress(JPEGLSLossless, encoding_plugin="pyjpegls", generate_instance_uid=False)
+    elif encoding.transfer == "jpeg-lossless":
+        pixels = np.frombuffer(ds.PixelData, "<u2").reshape(ds.Rows, ds.Columns)
+        ds.PixelData = encapsulate([encode_lossless_jpeg(pixels, encoding.bits_stored)])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+    elif encoding.transfer in ("implicit", "deflated"):
+        ds.file_meta.TransferSyntaxUID = {"implicit": ImplicitVRLittleEndian,
+                                          "deflated": DeflatedExplicitVRLittleEndian}[encoding.transfer]
