@@ -323,12 +323,13 @@ def test_bad_files_are_refused_in_one_line_and_nothing_is_loaded(tmp_path):
     whole = (tmp_path / "good.pth").read_bytes()
     (tmp_path / "cut.pth").write_bytes(whole[: len(whole) // 2])
     (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "notes.json").write_text('{"not": "weights"}')
     (tmp_path / "code.pkl").write_bytes(pickle.dumps({"model": {"w": RunsCode(marker)}}))
     torch.save({"model": {"w": RunsCode(marker)}}, tmp_path / "code.pth")
     (tmp_path / "no-weights").mkdir()
     cases = {"resnet.pth": "not an MAE, timm, Hugging Face ViTMAE", "wide": "its encoder does not fit this model",
-             "heads": "4 attention heads in the file, 2 in this model", "cut.pth": "not a readable weights file",
-             "empty.pth": "not a readable weights file", "code.pkl": "refused, the pickle holds more than weights",
+             "heads": "4 attention heads in the file, 2 in this model", "cut.pth": "damaged or truncated weights file",
+             "empty.pth": "not a weights file", "notes.json": "not a weights file", "code.pkl": "refused, the pickle holds more than weights",
              "code.pth": "refused, the pickle holds more than weights", "no-weights": "a folder without",
              "absent.pth": "weights not found"}
     for name, message in cases.items():

@@ -43,6 +43,8 @@ ENCODER_BLOCKS, DECODER_BLOCKS = "encoder.blocks", "decoder_blocks"  # where our
 MAE_LAYER_NORM_EPS = 1e-6  # what MAE and timm ViTs are trained with
 SINCOS_TOLERANCE = 1e-5  # a file's position table this close to ours is the same fixed sin-cos table
 HF_WEIGHTS, HF_CONFIG, HF_PICKLED_WEIGHTS = "model.safetensors", "config.json", "pytorch_model.bin"
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format
+PICKLE_PROTOCOL_MARK = b"\x80"  # the PROTO opcode that starts a pickle of protocol 2 or later
 CONTAINERS = ("model", "state_dict")  # MAE's {"model": ...}, Lightning's {"state_dict": ...}
 NAMES_SHOWN = 3
 
@@ -244,8 +246,18 @@ def looks_like_safetensors(file: Path) -> bool:
     return head[HEADER_LENGTH_BYTES:] == b"{"
 
 
+def looks_like_torch_save(file: Path) -> bool:
+    """``torch.save`` writes a zip archive (``PK``), or a bare pickle (protocol 2+ starts with byte 0x80)."""
+    with open(file, "rb") as handle:
+        head = handle.read(len(ZIP_MAGIC))
+    return head == ZIP_MAGIC or head[:1] == PICKLE_PROTOCOL_MARK
+
+
 def torch_load(file: Path) -> object:
     """``torch.load(weights_only=True)``: a pickle holding anything but tensors and plain containers is refused."""
+    if not looks_like_torch_save(file):
+        raise CheckpointError(f"{file}: not a weights file (neither safetensors nor a PyTorch checkpoint); "
+                              "nothing loaded")
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -253,7 +265,7 @@ def torch_load(file: Path) -> object:
                               "nothing was run or loaded") from None
     except Exception as exc:  # a damaged file fails in many ways (EOFError, RuntimeError from the zip reader, ...)
         reason = first_line(exc).split(". ")[0]
-        raise CheckpointError(f"{file}: not a readable weights file ({type(exc).__name__}: {reason})") from None
+        raise CheckpointError(f"{file}: damaged or truncated weights file ({type(exc).__name__}: {reason})") from None
 
 
 def refusal_reason(exc: pickle.UnpicklingError) -> str:
