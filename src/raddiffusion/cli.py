@@ -678,7 +678,7 @@ def _export_options(args: argparse.Namespace):
     """The DICOM-export options given on the command line, or None when none is."""
     from .data.dicom_export import ExportOptions
 
-    given = {name: getattr(args, name) for name in EXPORT_OPTIONS if getattr(args, name) is not None}
+    given = _explicit(args, EXPORT_OPTIONS)
     return ExportOptions(**given) if given else None
 
 
