@@ -30,6 +30,7 @@ VARIANTS = {
     "original": ORIGINAL,  # the recipe before the measurements: lr 5e-5 for everything, no extras
     "select-on-loss": {"select_on": "loss"},
     "no-augment": {"augment": False},
+    "no-drop-path": {"drop_path": 0.0},
     "random-head": {"head_init": "random"},
     "head-warmup": {"head_init": "random", "head_warmup_epochs": 1},
     "lr1e-4": {"lr": 1e-4},
