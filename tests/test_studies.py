@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 import raddiffusion as rd
 from raddiffusion.data.labels import CHEXPERT_LABELS as LABELS
-from raddiffusion.data.preprocess import preprocess
+from raddiffusion.data.preprocess import available_cpus, preprocess
+from raddiffusion.data.studies import loader_workers
 
 SIZE = 16
 
@@ -142,3 +143,9 @@ def test_uint8_batches_become_the_same_float_input_on_the_device(store):
         assert len(batches) == plan.steps - 1
         expected = [mb.studies.tolist() for step in range(1, plan.steps) for mb in plan.micro_batches(step)]
         assert [b["study_id"].tolist() for b in batches] == [list(ds.study_ids[e]) for e in expected]
+
+
+def test_loaders_start_no_more_workers_than_the_cpus_they_may_use():
+    cpus = available_cpus()
+    assert loader_workers(cpus + 3) == cpus
+    assert loader_workers(1) == 1 and loader_workers(0) == 0

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .labels import apply_label_policy
+from .preprocess import available_cpus
 from .store import Store
 from .tree import FRONTAL_VIEWS, SPLITS
 
@@ -167,6 +168,11 @@ def collate_study_pixels(items: list[dict]) -> dict[str, torch.Tensor]:
             pixels[start : start + count, 0].copy_(torch.from_numpy(np.ascontiguousarray(item["images"])))
             start += count
     return {"images": pixels, **_study_fields(items, lengths)}
+
+
+def loader_workers(requested: int) -> int:
+    """Loader processes to start for ``requested``: at most the CPUs this process may use (more only compete)."""
+    return min(requested, available_cpus())
 
 
 def unit_range(pixels: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ..data.studies import StudyDataset, collate_study_pixels, unit_range
+from ..data.studies import StudyDataset, collate_study_pixels, loader_workers, unit_range
 from ..fileio import read_json
 from . import distributed
 from .batches import EpochPlan
@@ -179,6 +179,7 @@ def training_loader(dataset: StudyDataset, workers: int, device: torch.device) -
     """A loader of uint8 micro-batches (converted on the device by :func:`to_device`), pinned for a GPU,
     its workers kept across epochs, and the sampler that says which batches an epoch takes."""
     sampler = EpochBatches()
+    workers = loader_workers(workers)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_study_pixels, num_workers=workers,
                         pin_memory=device.type == "cuda", persistent_workers=workers > 0,
                         worker_init_fn=ignore_in_worker)  # SIGTERM / SIGUSR1 are the main process's (preemption.py)

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from ..data.fractions import check_fraction, label_fraction_subset
 from ..data.store import Store
-from ..data.studies import StudyDataset, collate_study_pixels, unit_range
+from ..data.studies import StudyDataset, collate_study_pixels, loader_workers, unit_range
 from ..data.tree import SPLITS
 from ..fileio import atomic_path, write_json
 from ..results.bootstrap import DEFAULT_RESAMPLES
@@ -46,7 +46,7 @@ def study_vectors(
     """
     net = model.module if hasattr(model, "module") else model
     device = torch.device(device)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=loader_workers(num_workers),
                         collate_fn=collate_study_pixels, pin_memory=device.type == "cuda")
     was_training = net.training
     net.eval()
