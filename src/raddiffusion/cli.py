@@ -237,7 +237,7 @@ def _add_training_options(cmd: argparse.ArgumentParser, defaults, finetune: bool
     group.add_argument("--save-every", type=_positive_int,
                        help=f"checkpoint every N steps, and at every epoch end (default {defaults.save_every})")
     group.add_argument("--workers", "--num-workers", "--num_workers", dest="workers", type=int,
-                       help=f"data-loading processes per GPU/process (default {defaults.workers})")
+                       help=f"data-loading processes per GPU/process, at most the CPUs it may use (default {defaults.workers})")
     group.add_argument("--seed", type=int, help="seed of initialisation, data order, masks and noise (default 0)")
     group.add_argument("--precision", choices=PRECISIONS, help="bf16 autocast or fp32 (default fp32)")
     group.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
