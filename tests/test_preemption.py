@@ -285,3 +285,15 @@ def test_a_busy_run_is_refused_and_a_stale_lock_does_not_block_resume(store, tmp
     assert main(_pretrain_command(store, run, "--resume")) == 0
     assert read_json(run / "summary.json")["steps"] == EPOCHS * STEPS_PER_EPOCH
     assert _lock_is_free(run) and (run / LOCK).read_text() == ""  # released when the run function returned
+
+
+def test_a_run_refused_before_it_starts_leaves_no_run_directory(store, tmp_path, capsys):
+    run = tmp_path / "new" / "run"
+    assert main(_pretrain_command(store, run)) == 2  # the default preset's 256² does not fit the 64² store
+    assert "holds 64² images but the model takes 256²" in capsys.readouterr().err
+    assert not run.exists()  # the folder the lock made, and only the lock file in it, are gone
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    assert main(_pretrain_command(store, kept)) == 2
+    assert sorted(p.name for p in kept.iterdir()) == [LOCK, "notes.txt"]  # a folder that existed stays as it was

@@ -63,15 +63,17 @@ class RunLock:
     """An exclusive ``flock`` on ``RUN_DIR/.lock`` (which names the holder's pid and host), held while the file is open.
 
     The kernel drops the lock when its holder ends, however it ends (even ``kill -9``): a lock file left
-    behind never blocks a later run. Forked DataLoader workers share the open file until they exit.
+    behind never blocks a later run. Forked DataLoader workers share the open file until they exit. A run
+    directory the lock created and nothing else wrote to (a run refused before it started) is removed on release.
     """
 
-    def __init__(self, path: Path, fd: int | None):
-        self.path, self.fd = path, fd
+    def __init__(self, path: Path, fd: int | None, created: bool = False):
+        self.path, self.fd, self.created = path, fd, created
 
     @classmethod
     def take(cls, run_dir: Path) -> RunLock:
         """Lock ``run_dir`` (created if missing); RunError in one line when another process holds it."""
+        created = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / LOCK
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -88,7 +90,7 @@ class RunLock:
             raise
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
-        return cls(path, fd)
+        return cls(path, fd, created)
 
     def release(self) -> None:
         if self.fd is None:
@@ -96,6 +98,9 @@ class RunLock:
         fd, self.fd = self.fd, None
         try:
             os.ftruncate(fd, 0)  # no stale pid for the next reader
+            if self.created and [child.name for child in self.path.parent.iterdir()] == [LOCK]:
+                self.path.unlink()  # still locked: nobody can have started in it meanwhile
+                self.path.parent.rmdir()
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
