@@ -22,22 +22,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pydicom.pixels
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
-from pydicom.uid import (
-    ExplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    RLELossless,
-    generate_uid,
-)
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from raddiffusion.data.codecs import decoding_plugin
 from raddiffusion.data.dicom_export import read_dicom_export
 from raddiffusion.data.preprocess import preprocess
-from raddiffusion.data.synth.lossless_jpeg import encode_lossless_jpeg
+from raddiffusion.data.synth.dicom import compress
 
 from bench_decode import DEFAULT_NOISE, radiograph_like
 from machine import describe_machine
@@ -45,10 +38,10 @@ from machine import describe_machine
 BITS = 12
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 VIEWS_PER_STUDY = 2
-SYNTAXES = {"jpeg-lossless-sv1": JPEGLosslessSV1, "jpeg-ls": JPEGLSLossless, "uncompressed": ExplicitVRLittleEndian}
-PLUGIN_SYNTAXES = {"jpeg-lossless-sv1": JPEGLosslessSV1, "jpeg-ls": JPEGLSLossless, "rle": RLELossless,
-                   "jpeg2000-lossless": JPEG2000Lossless}
-ENCODING_PLUGINS = {JPEGLSLossless: "pyjpegls", RLELossless: "pylibjpeg", JPEG2000Lossless: "pylibjpeg"}
+SYNTAXES = {"jpeg-lossless-sv1": "jpeg-lossless", "jpeg-ls": "jpeg-ls", "uncompressed": "explicit"}
+"""Name in the output -> the demo DICOM writer's transfer (data/synth/dicom.py TRANSFERS)."""
+PLUGIN_SYNTAXES = {"jpeg-lossless-sv1": "jpeg-lossless", "jpeg-ls": "jpeg-ls", "rle": "rle",
+                   "jpeg2000-lossless": "jpeg2000"}
 ROUNDS = 3
 SMALL_SHAPE = (64, 64)
 FILES_PER_FOLDER = 100
@@ -70,28 +63,24 @@ def cr_dataset(pixels: np.ndarray, number: int) -> Dataset:
     return ds
 
 
-def encoded(ds: Dataset, syntax: str) -> Dataset:
-    if syntax == JPEGLosslessSV1:
-        ds.PixelData = encapsulate([encode_lossless_jpeg(ds.pixel_array, BITS)])
-        ds["PixelData"].VR = "OB"
-        ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
-    elif syntax in ENCODING_PLUGINS:
-        ds.compress(syntax, encoding_plugin=ENCODING_PLUGINS[syntax], generate_instance_uid=False)
+def encoded(ds: Dataset, transfer: str) -> Dataset:
+    compress(ds, transfer, BITS)
     return ds
 
 
 def write_exports(work: Path, images: int, noise: float) -> None:
     for number in range(images):
         pixels = np.rint(radiograph_like(number, noise) * (2**BITS - 1)).astype(np.uint16)
-        for name, syntax in SYNTAXES.items():
+        for name, transfer in SYNTAXES.items():
             path = work / name / f"PT{number // VIEWS_PER_STUDY:06d}" / "ST000000" / f"SE{number:06d}" / "IM000000"
             path.parent.mkdir(parents=True)
-            encoded(cr_dataset(pixels, number), syntax).save_as(path, enforce_file_format=True)
+            encoded(cr_dataset(pixels, number), transfer).save_as(path, enforce_file_format=True)
 
 
-def measure(name: str, syntax: str, work: Path, size: int) -> dict:
+def measure(name: str, work: Path, size: int) -> dict:
     root = work / name
     files = list(root.rglob("IM*"))
+    syntax = pydicom.dcmread(files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID
     started = time.perf_counter()
     read_dicom_export(root)
     header_seconds = time.perf_counter() - started
@@ -120,8 +109,9 @@ def header_files_per_second(work: Path, count: int) -> float:
 def plugin_seconds(pixels: np.ndarray) -> list[dict]:
     """Seconds to decode ``pixels`` by every installed plugin of each compressed syntax (best of ROUNDS)."""
     rows = []
-    for name, syntax in PLUGIN_SYNTAXES.items():
-        ds = encoded(cr_dataset(pixels, 0), syntax)
+    for name, transfer in PLUGIN_SYNTAXES.items():
+        ds = encoded(cr_dataset(pixels, 0), transfer)
+        syntax = ds.file_meta.TransferSyntaxUID
         for plugin in pydicom.pixels.get_decoder(syntax).available_plugins:
             times = []
             for _ in range(ROUNDS):
@@ -143,7 +133,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         write_exports(work, args.images, args.noise)
-        results = [measure(name, syntax, work, args.size) for name, syntax in SYNTAXES.items()]
+        results = [measure(name, work, args.size) for name in SYNTAXES]
         headers = header_files_per_second(work, args.header_files)
     pixels = np.rint(radiograph_like(0, args.noise) * (2**BITS - 1)).astype(np.uint16)
     print(json.dumps({"machine": describe_machine(), "workers": 1, "size": args.size, "bits_stored": BITS,

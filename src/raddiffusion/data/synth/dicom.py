@@ -108,7 +108,7 @@ def dicom_dataset(image: Radiograph, info: DicomInfo, rng: np.random.Generator,
             raise ValueError(f"transfer must be one of {', '.join(TRANSFERS)}, not {transfer!r}")
         encoding = replace(encoding, transfer=transfer)
     dataset = _dicom_dataset(image, info, encoding)
-    _compress(dataset, encoding)
+    compress(dataset, encoding.transfer, encoding.bits_stored)
     return dataset
 
 
@@ -211,18 +211,19 @@ def _set_pixels(ds: Dataset, image: Radiograph, encoding: _DicomEncoding) -> Non
     ds.PixelData = pixels.tobytes()
 
 
-def _compress(ds: Dataset, encoding: _DicomEncoding) -> None:
-    if encoding.transfer == "jpeg2000":
+def compress(ds: Dataset, transfer: str, bits_stored: int) -> None:
+    """Re-encode the uncompressed 16-bit grey pixels of ``ds`` in place in ``transfer`` (one of :data:`TRANSFERS`)."""
+    if transfer == "jpeg2000":
         ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg", generate_instance_uid=False)
-    elif encoding.transfer == "rle":
+    elif transfer == "rle":
         ds.compress(RLELossless, encoding_plugin="pylibjpeg", generate_instance_uid=False)  # = pydicom's bytes, 10x faster
-    elif encoding.transfer == "jpeg-ls":
+    elif transfer == "jpeg-ls":
         ds.compress(JPEGLSLossless, encoding_plugin="pyjpegls", generate_instance_uid=False)
-    elif encoding.transfer == "jpeg-lossless":
+    elif transfer == "jpeg-lossless":
         pixels = np.frombuffer(ds.PixelData, "<u2").reshape(ds.Rows, ds.Columns)
-        ds.PixelData = encapsulate([encode_lossless_jpeg(pixels, encoding.bits_stored)])
+        ds.PixelData = encapsulate([encode_lossless_jpeg(pixels, bits_stored)])
         ds["PixelData"].VR = "OB"
         ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
-    elif encoding.transfer in ("implicit", "deflated"):
+    elif transfer in ("implicit", "deflated"):
         ds.file_meta.TransferSyntaxUID = {"implicit": ImplicitVRLittleEndian,
-                                          "deflated": DeflatedExplicitVRLittleEndian}[encoding.transfer]
+                                          "deflated": DeflatedExplicitVRLittleEndian}[transfer]
