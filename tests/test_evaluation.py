@@ -16,7 +16,15 @@ from raddiffusion.results.compare import compare_predictions
 from raddiffusion.results.predictions import Predictions, PredictionsError, read_predictions, write_predictions
 from raddiffusion.results.runfiles import read_metrics
 from raddiffusion.train.evaluate import EvaluateSettings, evaluate
-from raddiffusion.train.finetune import finetune, finetune_seeds
+from raddiffusion.train.finetune import (
+    KEPT_VALIDATION,
+    EpochSelection,
+    FinetuneSettings,
+    evaluate_validation,
+    finetune,
+    finetune_seeds,
+    pos_weight,
+)
 from raddiffusion.train.runs import RunError
 from raddiffusion.train.probe import knn_scores, probe_with_predictions
 
@@ -157,6 +165,53 @@ def test_probe_head_init_starts_fine_tuning_exactly_at_the_linear_probe(store, p
                 roc_auc_score(probed.targets[counted, k], probed.probabilities[counted, k]))
 
 
+def _validation(probabilities: np.ndarray, targets: np.ndarray) -> dict:
+    """What ``evaluate_validation`` returns for these probabilities (every label scored, loss unused)."""
+    columns = range(targets.shape[1])
+    auroc = float(np.mean([roc_auc_score(targets[:, k], probabilities[:, k]) for k in columns]))
+    return {"loss": 0.0, "auroc": auroc, "probabilities": probabilities, "scored": list(columns)}
+
+
+def test_strict_selection_replaces_the_kept_weights_only_for_a_gain_beyond_noise():
+    rng = np.random.default_rng(0)
+    subjects = np.repeat(np.arange(100), 2)
+    targets = (rng.random((len(subjects), 2)) < 0.3).astype(np.float32)
+    kept = _validation(targets + rng.normal(0, 1.5, targets.shape), targets)
+    hair = kept["probabilities"].copy()
+    hair[np.flatnonzero(targets[:, 0])[0], 0] = hair.max() + 1  # one positive ranked first: a tiny gain
+    slightly, clearly = _validation(hair, targets), _validation(targets + rng.normal(0, 0.3, targets.shape), targets)
+    assert 0 < slightly["auroc"] - kept["auroc"] < 0.01 and clearly["auroc"] - kept["auroc"] > 0.2
+
+    strict = EpochSelection("auroc-ci", targets, np.ones_like(targets, bool), subjects, resamples=1000)
+    any_gain = EpochSelection("auroc", targets, np.ones_like(targets, bool), subjects, resamples=1000)
+    for selection in (strict, any_gain):
+        assert selection.improves(kept, None, selection.gain_interval(kept))  # the first epoch is always kept
+        selection.keep(kept, write=False)
+    assert strict.gain_interval(kept) == [0.0, 0.0] and not strict.improves(kept, kept["auroc"], [0.0, 0.0])
+    small_gain = strict.gain_interval(slightly)
+    assert small_gain[0] <= 0 < small_gain[1] and not strict.improves(slightly, kept["auroc"], small_gain)
+    assert any_gain.gain_interval(slightly) is None and any_gain.improves(slightly, kept["auroc"], None)
+    large_gain = strict.gain_interval(clearly)
+    assert large_gain[0] > 0 and strict.improves(clearly, kept["auroc"], large_gain)
+
+
+def test_strict_selection_saves_the_kept_validation_and_a_resumed_run_reads_it(store, pretrained, tmp_path):
+    run = tmp_path / "strict"
+    finetune(store, run, pretrained=pretrained, train=BASE_TRAIN | {"epochs": 1, "lr": 1e-3}, device="cpu",
+             progress=False)
+    summary = read_json(run / "summary.json")
+    assert summary["selected_on"] == "auroc-ci"  # the default
+    train_set, val_set = (rd.StudyDataset(rd.open_store(store), split=s, labelled_only=True) for s in ("train", "validate"))
+    kept_model = rd.load(run)  # the kept epoch's weights, whichever epoch that was
+    validation = evaluate_validation(kept_model, val_set, pos_weight(train_set), kept_model.head.weight.device, "fp32")
+    np.testing.assert_allclose(np.load(run / KEPT_VALIDATION), validation["probabilities"], rtol=1e-5, atol=1e-6)
+    resumed = EpochSelection.for_run(FinetuneSettings(), val_set, run, resumed=True)
+    np.testing.assert_array_equal(resumed.kept, np.load(run / KEPT_VALIDATION))
+    assert EpochSelection.for_run(FinetuneSettings(), val_set, run, resumed=False).kept is None
+    epochs = [r for r in read_metrics(run) if r["kind"] == "epoch"]
+    assert epochs[0]["val_gain_ci95"] is None and (epochs[1]["val_gain_ci95"] is None) == (epochs[0]["val_auroc"] is None)
+
+
 def test_label_fraction_and_seeds_in_fine_tuning(store, pretrained, tmp_path):
     train = BASE_TRAIN | ORIGINAL_RECIPE | {"epochs": 1, "label_fraction": 0.5}
     result = finetune_seeds(store, tmp_path / "runs", [0, 1], pretrained=pretrained, train=train, device="cpu",
@@ -204,8 +259,14 @@ def test_evaluate_runs_the_grid_once_and_resumes(store, pretrained, tmp_path, mo
     assert compared["difference"] == pytest.approx(row_mean(rows, name, "finetune") - row_mean(rows, "from scratch",
                                                                                              "finetune"))
     assert "vs_baseline" not in rows[("random init", "probe", 1.0)]
+    tuned = [c for c in evaluation["cells"] if (c["model"], c["method"], c["fraction"]) == (name, "finetune", 1.0)]
+    kept = [read_json((out / c["predictions"]).parent / "summary.json")["best_epoch"] for c in tuned]
+    assert [c["best_epoch"] for c in tuned] == kept
+    assert rows[(name, "finetune", 1.0)]["kept_epochs"] == kept and all(e in (0, 1) for e in kept)
+    assert "kept_epochs" not in row  # probes have no epochs
     table = (out / "evaluate.txt").read_text()
     assert "from scratch, fine-tune" in table and "random init, linear probe" in table and "50 %" in table
+    assert "fine-tuning epoch kept" in table and ", ".join(map(str, kept)) in table
     assert read_json(out / "evaluate.json") == evaluation
 
     import raddiffusion.train.evaluate as evaluate_module

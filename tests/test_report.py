@@ -282,8 +282,11 @@ def test_the_report_shows_an_evaluation_grid(runs, tmp_path):
            "vs_baseline": {"baseline": "random init", "difference": 0.051, "ci95": [0.012, 0.09], "within_noise": False}}
     base = {**row, "model": "random init", "auroc": 0.561}
     del base["vs_baseline"]
-    write_json(tmp_path / "grid" / "evaluate.json", {"split": "test", "settings": {"seeds": 3}, "rows": [row, base]})
+    tuned = {**base, "model": "vanilla", "method": "finetune", "auroc": 0.634, "kept_epochs": [0, 3, 0]}
+    write_json(tmp_path / "grid" / "evaluate.json", {"split": "test", "settings": {"seeds": 3},
+                                                     "rows": [row, base, tuned]})
     out = write_report(list(runs), tmp_path / "report.html", evaluation=tmp_path / "grid")
     text = out.read_text()
     assert "Label-efficient evaluation" in text and "10 % of the labels" in text
     assert "0.612 ± 0.011 [0.550, 0.670]" in text and "vs random init: +0.051 [+0.012, +0.090]" in text
+    assert text.count("epoch kept:") == 1 and "epoch kept: 0, 3, 0" in text  # fine-tuning rows only

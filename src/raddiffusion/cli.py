@@ -254,8 +254,10 @@ def _add_recipe_options(cmd: argparse.ArgumentParser, defaults) -> None:
 
     group = cmd.add_argument_group("fine-tuning recipe (defaults chosen by measurement, see BENCHMARKS.md)")
     group.add_argument("--select-on", choices=SELECTION,
-                       help=f"the best epoch (kept, tested, and what --patience counts): highest validation mean "
-                       f"AUROC or lowest validation loss (default {defaults.select_on})")
+                       help=f"the epoch whose weights are kept, tested, and what --patience counts: auroc-ci: "
+                       f"highest validation mean AUROC, but a later epoch replaces the kept one only when the "
+                       f"95%% patient-bootstrap interval of its gain lies above 0; auroc: any gain; loss: lowest "
+                       f"validation loss (default {defaults.select_on})")
     group.add_argument("--head-init", choices=HEAD_INITS,
                        help=f"probe: the head starts as the linear probe of the initial encoder; random "
                        f"(default {defaults.head_init})")
@@ -940,12 +942,17 @@ def _seeds_line(run: Path, result: dict) -> str:
             f"{format_mean_sd(result['over_seeds']['auroc'])}; runs in {run}/seed-*")
 
 
+SELECTED_BY = {"auroc-ci": "validation mean AUROC (gains beyond noise only)", "auroc": "validation mean AUROC",
+               "loss": "validation loss"}
+
+
 def _finetune_line(run: Path, summary: dict) -> str:
     from .results.metrics import format_interval, format_metric
 
     test = summary["test"]["mean"]
-    chosen = "mean AUROC" if summary.get("selected_on") == "auroc" else "loss"
-    return (f"finetune: best epoch {summary['best_epoch']} of {summary['epochs_run']} by validation {chosen} "
+    chosen = SELECTED_BY.get(summary.get("selected_on"), SELECTED_BY["loss"])
+    kept = "epoch 0 (the linear-probe head)" if summary["best_epoch"] == 0 else f"epoch {summary['best_epoch']}"
+    return (f"finetune: kept {kept} of {summary['epochs_run']} by {chosen} "
             f"(validation loss {summary['best_val_loss']:.4f}); test mean AUROC {format_metric(test['auroc'])} "
             f"{format_interval(test.get('auroc_ci95'))}, "
             f"AUPRC {format_metric(test['auprc'])}, F1 {format_metric(test['f1'])}; run in {run}")

@@ -13,6 +13,7 @@ RANDOM_INIT, SCRATCH = "random init", "from scratch"
 METHOD_NAMES = {"probe": "linear probe", "knn": "kNN probe", "finetune": "fine-tune"}
 BASELINE_OF = {"probe": RANDOM_INIT, "knn": RANDOM_INIT, "finetune": SCRATCH}  # what pretraining is measured against
 CELL_WIDTH = 38
+KEPT_EPOCHS_NOTE = "fine-tuning epoch kept (0: the linear-probe head, when no later epoch gained beyond noise on validation)"
 
 
 def seed_mean_interval(predictions: list[Predictions], resamples: int = DEFAULT_RESAMPLES,
@@ -86,7 +87,19 @@ def format_evaluation(evaluation: dict) -> str:
         for model, method in compared:
             cells = "".join(f"{difference_text(by_key.get((model, method, f))):>{CELL_WIDTH}}" for f in fractions)
             lines.append(f"{f'{model}, {METHOD_NAMES[method]}':<{name_width}}{cells}")
+    tuned = [(m, k) for m, k in keys if any("kept_epochs" in by_key.get((m, k, f), {}) for f in fractions)]
+    if tuned:
+        lines += ["", f"{KEPT_EPOCHS_NOTE}, per seed", header]
+        for model, method in tuned:
+            cells = "".join(f"{kept_epochs_text(by_key.get((model, method, f))):>{CELL_WIDTH}}" for f in fractions)
+            lines.append(f"{f'{model}, {METHOD_NAMES[method]}':<{name_width}}{cells}")
     return "\n".join(lines) + "\n"
+
+
+def kept_epochs_text(row: dict | None) -> str:
+    """``0, 0, 2``: the epoch each seed's fine-tuning kept (``?`` where unknown; ``-`` for a cell not run)."""
+    epochs = (row or {}).get("kept_epochs")
+    return "-" if not epochs else ", ".join("?" if e is None else str(e) for e in epochs)
 
 
 def difference_text(row: dict | None) -> str:

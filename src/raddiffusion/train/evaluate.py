@@ -32,7 +32,7 @@ from ..results.evaluation import (
     seed_mean_interval,
 )
 from ..results.predictions import PREDICTIONS_SUFFIX, read_predictions
-from ..results.runfiles import TEST_METRICS, TEST_PREDICTIONS, is_finished
+from ..results.runfiles import SUMMARY, TEST_METRICS, TEST_PREDICTIONS, is_finished
 from .checkpoint import load
 from .distributed import single_device
 from .finetune import finetune
@@ -175,10 +175,13 @@ def finetune_cell(model: Model, config, store_path: Path, run: Path, fraction: f
 def cell_record(model: Model, method: str, fraction: float, seed: int, result: dict, path: Path, out: Path) -> dict:
     """One finished cell: what it is, its mean metrics with intervals, where its files are."""
     predictions = path / TEST_PREDICTIONS if method == "finetune" else path.with_suffix(PREDICTIONS_SUFFIX)
-    return {"model": display_name(model, method), "method": method, "fraction": fraction, "seed": seed,
-            "studies": result["studies"], "mean": result["mean"], "labels_absent": sorted(
-                name for name, entry in result["labels"].items() if "absent" in entry),
-            "predictions": str(predictions.relative_to(out))}
+    record = {"model": display_name(model, method), "method": method, "fraction": fraction, "seed": seed,
+              "studies": result["studies"], "mean": result["mean"], "labels_absent": sorted(
+                  name for name, entry in result["labels"].items() if "absent" in entry),
+              "predictions": str(predictions.relative_to(out))}
+    if method == "finetune":  # 0: the linear-probe head was kept (no later epoch gained beyond noise)
+        record["best_epoch"] = read_json(path / SUMMARY)["best_epoch"]
+    return record
 
 
 def summarise(cells: list[dict], store_path: Path, settings: EvaluateSettings, out: Path, cache: dict) -> dict:
@@ -226,4 +229,6 @@ def summary_row(model: str, method: str, fraction: float, members: list[dict], s
         row[f"{metric}_sd"] = float(np.std(finite, ddof=1)) if len(finite) > 1 else None
     predictions = [read_predictions(out / c["predictions"]) for c in members]
     row["auroc_ci95"] = seed_mean_interval(predictions, settings.resamples)
+    if method == "finetune":
+        row["kept_epochs"] = [c.get("best_epoch") for c in members]
     return row

@@ -8,7 +8,8 @@ intervals on the test split (``test_metrics.json``, per-study ``test_predictions
 
 On top of it, a recipe chosen by measurement (BENCHMARKS.md), every part a setting: the head starts
 from the linear probe of the initial encoder (linear-probe-then-fine-tune; the epoch-0 weights are
-the first candidate for "best"), a larger learning rate for the head, layer-wise learning-rate
+the first candidate for "best"; a later epoch replaces the kept weights only with a validation gain
+beyond noise, see :class:`EpochSelection`), a larger learning rate for the head, layer-wise learning-rate
 decay, drop path, radiograph augmentation (random resized crop, small rotation, brightness /
 contrast, no horizontal flip), and the label-efficient protocol (a seeded subset of the train labels).
 """
@@ -30,8 +31,9 @@ from ..data.studies import StudyDataset, collate_studies
 from ..fileio import atomic_path, read_json, write_json
 from ..models import StudyClassifier, model_config
 from ..models.presets import RUNTIME_FIELDS, saved_config
-from ..results.bootstrap import DEFAULT_RESAMPLES
-from ..results.metrics import format_metric, format_table, label_metrics
+from ..results.bootstrap import DEFAULT_RESAMPLES, paired_difference
+from ..results.compare import signed_interval
+from ..results.metrics import format_metric, format_table, label_metrics, scored_labels
 from ..results.predictions import Predictions, write_predictions
 from ..results.runfiles import CHECKPOINT, CONFIG, SUMMARY, TEST_METRICS, TEST_PREDICTIONS, is_finished, run_stores
 from ..visual.study import ATTENTION, FIGURES, attention_map_figure
@@ -64,7 +66,8 @@ EVAL_BATCH_STUDIES = 64
 MAY_CHANGE_ON_RESUME = {"save_every", "workers", "compile", "reference_study", "resamples",
                         "micro_batch"}  # settled when the run started: a resumed run keeps its accumulation
 HEAD_INITS = ("probe", "random")
-SELECTION = ("auroc", "loss")
+SELECTION = ("auroc-ci", "auroc", "loss")
+KEPT_VALIDATION = "kept_validation.npy"  # validation probabilities of the kept weights ("auroc-ci"; read on resume)
 RESIZABLE = ("image_size", *RUNTIME_FIELDS)  # model options a fine-tuning may change from its pretrained model
 
 
@@ -90,7 +93,7 @@ class FinetuneSettings:
     label_policy: str = "ones"
     max_views: int | None = None
     reference_study: int | None = None  # its attention maps are drawn; default: first validation study, 2+ views
-    select_on: str = "auroc"  # the best epoch: highest validation mean AUROC, or lowest validation "loss"
+    select_on: str = "auroc-ci"  # the kept epoch: "auroc-ci" (a gain beyond noise), "auroc" (any gain) or "loss"
     head_init: str = "probe"  # "probe": the head starts as the linear probe of the initial encoder; "random"
     head_warmup_epochs: int = 0  # epochs in which only the head learns (the encoder's learning rate is 0)
     head_lr_scale: float = 10.0  # the head's learning rate is lr times this
@@ -198,10 +201,11 @@ def finetune(
         state = load_checkpoint(checkpoint, net, optimizer)
     log = MetricsLog(run_dir, enabled=process.is_main)
     log.keep_until(state["step"])
+    selection = EpochSelection.for_run(settings, val_set, run_dir, resumed=state["step"] > 0)
     if state["step"] == 0 and settings.head_init == "probe":
         init_head_from_probe(net, train_set, process.device, progress and process.is_main)
         validation = evaluate_validation(net, val_set, weight, process.device, settings.precision)
-        state = _keep_if_best(state, validation, settings.select_on, 0, net, run_dir, process, log, progress)
+        state = _keep_if_best(state, validation, selection, 0, net, run_dir, process, log, progress)
     trainer = wrap_for_training(net, process, settings.compile)
     total_steps = settings.epochs * steps_per_epoch
     augmentation = settings.augmentation()
@@ -247,7 +251,7 @@ def finetune(
             bar.close()
             validation = evaluate_validation(net, val_set, weight, process.device, settings.precision)
             state["epochs_run"] = epoch + 1
-            state = _keep_if_best(state, validation, settings.select_on, epoch + 1, net, run_dir, process, log, progress,
+            state = _keep_if_best(state, validation, selection, epoch + 1, net, run_dir, process, log, progress,
                                   state["epoch_loss"] / steps_per_epoch)
             state["epoch_loss"] = 0.0
             if process.is_main:
@@ -297,25 +301,88 @@ def train_subset(train_set: StudyDataset, settings: FinetuneSettings) -> tuple[S
     return train_set.select(positions), lacking
 
 
-def _keep_if_best(state: dict, validation: dict, select_on: str, epoch: int, net: StudyClassifier, run_dir: Path,
-                  process, log: MetricsLog, progress: bool, train_loss: float | None = None) -> dict:
-    """Record an epoch's validation loss and mean AUROC; keep the weights as ``model.safetensors`` when the
-    score chosen by ``select_on`` is the best yet (a validation split without a scored label: the loss)."""
-    score = validation["auroc"] if select_on == "auroc" and validation["auroc"] is not None else -validation["loss"]
-    best = state.get("best_score")
-    improved = best is None or score > best
+@dataclass
+class EpochSelection:
+    """Which epoch's weights are kept (tested, and what ``patience`` counts), by ``select_on``:
+
+    - ``"auroc"``: the highest validation mean AUROC;
+    - ``"auroc-ci"``: the same, but an epoch replaces the kept weights only when the paired
+      patient-bootstrap 95 % interval of its validation mean-AUROC gain over them lies above 0
+      (a best-of-epochs maximum on a small validation split is otherwise mostly noise);
+    - ``"loss"`` (and whenever no validation label has both classes): the lowest validation loss.
+    """
+
+    select_on: str
+    targets: np.ndarray  # validation [studies, labels]
+    mask: np.ndarray
+    subjects: np.ndarray
+    resamples: int
+    kept_file: Path | None = None  # where the kept weights' validation probabilities are saved ("auroc-ci")
+    kept: np.ndarray | None = None
+
+    @classmethod
+    def for_run(cls, settings: FinetuneSettings, val_set: StudyDataset, run_dir: Path, resumed: bool) -> "EpochSelection":
+        """The selection of a run; a resumed run reads the kept weights' validation probabilities back."""
+        kept_file = run_dir / KEPT_VALIDATION
+        kept = np.load(kept_file, allow_pickle=False) if resumed and kept_file.is_file() else None
+        return cls(settings.select_on, val_set.labels, val_set.label_mask, val_set.subject_ids, settings.resamples,
+                   kept_file, kept)
+
+    def score(self, validation: dict) -> float:
+        """The higher-is-better number epochs are ranked by."""
+        by_auroc = self.select_on != "loss" and validation["auroc"] is not None
+        return validation["auroc"] if by_auroc else -validation["loss"]
+
+    def gain_interval(self, validation: dict) -> list[float] | None:
+        """The 95 % interval of the validation mean-AUROC gain over the kept weights (``auroc-ci`` only)."""
+        if self.select_on != "auroc-ci" or self.kept is None or validation["auroc"] is None:
+            return None
+        return paired_difference(validation["probabilities"], self.kept, self.targets, self.mask, self.subjects,
+                                 validation["scored"], max(self.resamples, 1))["ci95"]
+
+    def improves(self, validation: dict, best_score: float | None, gain: list[float] | None) -> bool:
+        """Whether this epoch's weights replace the kept ones."""
+        if best_score is None:
+            return True
+        return self.score(validation) > best_score and (gain is None or gain[0] > 0)
+
+    def keep(self, validation: dict, write: bool) -> None:
+        """Remember the new kept weights' validation probabilities (and save them when ``write``)."""
+        if self.select_on != "auroc-ci" or "probabilities" not in validation:
+            return
+        self.kept = validation["probabilities"]
+        if write and self.kept_file is not None:
+            with atomic_path(self.kept_file) as tmp, open(tmp, "wb") as handle:
+                np.save(handle, self.kept, allow_pickle=False)
+
+
+def _keep_if_best(state: dict, validation: dict, selection: EpochSelection, epoch: int, net: StudyClassifier,
+                  run_dir: Path, process, log: MetricsLog, progress: bool, train_loss: float | None = None) -> dict:
+    """Record an epoch's validation loss and mean AUROC; keep the weights as ``model.safetensors`` when
+    ``selection`` prefers them to the kept ones."""
+    gain = selection.gain_interval(validation)
+    improved = selection.improves(validation, state.get("best_score"), gain)
     state = {**state, "bad_epochs": 0 if improved else state["bad_epochs"] + 1}
     if improved:
-        state.update(best_score=score, best_val_loss=validation["loss"], best_epoch=epoch)
+        state.update(best_score=selection.score(validation), best_val_loss=validation["loss"], best_epoch=epoch)
+        selection.keep(validation, write=process.is_main)
         if process.is_main:
             save_model(net, run_dir / BEST_WEIGHTS)
     log.write({"kind": "epoch", "step": state["step"], "epoch": epoch, "loss": train_loss,
-               "val_loss": validation["loss"], "val_auroc": validation["auroc"], "best": improved})
+               "val_loss": validation["loss"], "val_auroc": validation["auroc"], "val_gain_ci95": gain,
+               "best": improved})
     if progress and process.is_main:
         tqdm.write(f"epoch {epoch}: validation loss {validation['loss']:.4f}, mean AUROC "
-                   f"{format_metric(validation['auroc'])}"
-                   + (" (best so far)" if improved else f" ({state['bad_epochs']} without improvement)"))
+                   f"{format_metric(validation['auroc'])}" + _selection_note(improved, gain, state["bad_epochs"]))
     return state
+
+
+def _selection_note(improved: bool, gain: list[float] | None, bad_epochs: int) -> str:
+    """`` (best so far)``, or why the epoch was not kept."""
+    if improved:
+        return " (best so far)"
+    noise = f", gain {signed_interval(gain)} includes 0" if gain is not None and gain[1] > 0 else ""
+    return f" ({bad_epochs} without improvement{noise})"
 
 
 def init_head_from_probe(model: StudyClassifier, train_set: StudyDataset, device: torch.device, progress: bool) -> None:
@@ -362,7 +429,8 @@ def _initial_model(stored: dict | None, pretrained, requested: dict, run_dir: Pa
 @torch.no_grad()
 def evaluate_validation(model: torch.nn.Module, dataset: StudyDataset, weight: torch.Tensor, device: torch.device,
                         precision: str) -> dict:
-    """Mean masked BCE (``loss``) and mean AUROC (``auroc``, None when no label is scored) over a split."""
+    """Mean masked BCE (``loss``), mean AUROC (``auroc``, None when no label is scored), the ``probabilities``
+    and the column indices of the ``scored`` labels over a split."""
     was_training = model.training
     model.eval()
     total, count, chunks = 0.0, 0.0, []
@@ -377,9 +445,9 @@ def evaluate_validation(model: torch.nn.Module, dataset: StudyDataset, weight: t
         chunks.append(torch.sigmoid(logits.float()).cpu().numpy())
     model.train(was_training)
     probabilities = np.concatenate(chunks) if chunks else np.zeros((0, len(dataset.label_names)), np.float32)
-    auroc = label_metrics(probabilities, dataset.labels, dataset.label_mask, resamples=0,
-                          labels=dataset.label_names)["mean"]["auroc"]
-    return {"loss": total / max(count, 1.0), "auroc": auroc}
+    metrics = label_metrics(probabilities, dataset.labels, dataset.label_mask, resamples=0, labels=dataset.label_names)
+    return {"loss": total / max(count, 1.0), "auroc": metrics["mean"]["auroc"], "probabilities": probabilities,
+            "scored": scored_labels(metrics)}
 
 
 @torch.no_grad()

@@ -25,7 +25,15 @@ from PIL import Image
 
 from ..fileio import atomic_path, read_json
 from ..results.compare import compare_predictions, verdict
-from ..results.evaluation import EVALUATE_JSON, METHOD_NAMES, difference_text, fraction_name, row_text
+from ..results.evaluation import (
+    EVALUATE_JSON,
+    KEPT_EPOCHS_NOTE,
+    METHOD_NAMES,
+    difference_text,
+    fraction_name,
+    kept_epochs_text,
+    row_text,
+)
 from ..results.metrics import CI_SUFFIX, DECIMALS, METRICS, format_interval
 from ..results.predictions import PREDICTIONS_SUFFIX, PredictionsError, read_predictions
 from ..results.metrics import label_metrics
@@ -565,7 +573,7 @@ def loss_figure(runs: list[RunFiles]) -> bytes:
 
 
 def loss_table(runs: list[RunFiles]) -> str:
-    """Per run: last pretraining epoch loss, fine-tuning best epoch and validation loss, epochs run."""
+    """Per run: last pretraining epoch loss, fine-tuning epoch kept and its validation loss, epochs run."""
     rows = []
     for run in runs:
         epochs = records(run.pretrain, "epoch")
@@ -576,8 +584,8 @@ def loss_table(runs: list[RunFiles]) -> str:
                     f"<td class=num>{esc(summary.get('best_epoch', MISSING_VALUE))}</td>"
                     f"<td class=num>{esc(summary.get('epochs_run', MISSING_VALUE))}</td>"
                     f"{number_cell(summary.get('best_val_loss'), LOSS_DECIMALS)}</tr>")
-    return table(["run", "pretraining epochs logged", "last epoch loss", "fine-tuning best epoch",
-                  "epochs run", "best validation loss"], rows)
+    return table(["run", "pretraining epochs logged", "last epoch loss", "fine-tuning epoch kept (0: probe head)",
+                  "epochs run", "its validation loss"], rows)
 
 
 def losses_section(runs: list[RunFiles]) -> str:
@@ -821,9 +829,16 @@ def evaluation_table(rows: list[dict]) -> str:
         cells = ""
         for fraction in fractions:
             row = by_key.get((model, method, fraction))
-            cells += f'<td class="num">{esc(row_text(row))}{baseline_line(row)}</td>'
+            cells += f'<td class="num">{esc(row_text(row))}{baseline_line(row)}{kept_line(row)}</td>'
         lines.append(f"<tr><th>{esc(model)}, {esc(METHOD_NAMES.get(method, method))}</th>{cells}</tr>")
     return table(["model, method", *(f"{fraction_name(f)} of the labels" for f in fractions)], lines)
+
+
+def kept_line(row: dict | None) -> str:
+    """A fine-tuning cell's last line: the epoch each seed kept (0: the linear-probe head)."""
+    if not (row or {}).get("kept_epochs"):
+        return ""
+    return f'<br><small title="{esc(KEPT_EPOCHS_NOTE)}">epoch kept: {esc(kept_epochs_text(row))}</small>'
 
 
 def baseline_line(row: dict | None) -> str:
