@@ -212,6 +212,26 @@ def test_strict_selection_saves_the_kept_validation_and_a_resumed_run_reads_it(s
     assert epochs[0]["val_gain_ci95"] is None and (epochs[1]["val_gain_ci95"] is None) == (epochs[0]["val_auroc"] is None)
 
 
+def test_patience_counts_epochs_without_a_new_high_even_when_it_was_not_kept(store, pretrained, tmp_path, monkeypatch):
+    import raddiffusion.train.finetune as finetune_module
+
+    real, scripted, first = finetune_module.evaluate_validation, iter([0.60, 0.61, 0.59, 0.58, 0.57]), []
+
+    def rising_then_falling(*args, **kwargs) -> dict:  # the same predictions every epoch: no gain is ever real
+        validation = real(*args, **kwargs)
+        first.append(first[0] if first else validation["probabilities"])
+        return {**validation, "auroc": next(scripted), "probabilities": first[0]}
+
+    monkeypatch.setattr(finetune_module, "evaluate_validation", rising_then_falling)
+    run = tmp_path / "patience"
+    finetune(store, run, pretrained=pretrained, train=BASE_TRAIN | {"epochs": 4, "patience": 1}, device="cpu",
+             progress=False)
+    epochs = [r for r in read_metrics(run) if r["kind"] == "epoch"]
+    assert [r["val_auroc"] for r in epochs] == [0.60, 0.61, 0.59]  # epoch 1, a new high, restarted the count
+    assert [r["best"] for r in epochs] == [True, False, False] and epochs[1]["val_gain_ci95"] == [0.0, 0.0]
+    assert read_json(run / "summary.json")["best_epoch"] == 0
+
+
 def test_label_fraction_and_seeds_in_fine_tuning(store, pretrained, tmp_path):
     train = BASE_TRAIN | ORIGINAL_RECIPE | {"epochs": 1, "label_fraction": 0.5}
     result = finetune_seeds(store, tmp_path / "runs", [0, 1], pretrained=pretrained, train=train, device="cpu",

@@ -84,7 +84,7 @@ class FinetuneSettings:
     lr: float = 5e-5
     weight_decay: float = 0.05
     warmup_fraction: float = 0.05
-    patience: int = 5  # epochs without a better validation score before stopping
+    patience: int = 5  # epochs without a new highest validation score (any gain) before stopping
     save_every: int = 200
     workers: int = 4
     seed: int = 0
@@ -196,7 +196,7 @@ def finetune(
                                            settings.head_lr_scale)
     checkpoint = run_dir / CHECKPOINT
     state = {"step": 0, "epoch_loss": 0.0, "best_val_loss": None, "best_score": None, "best_epoch": 0,
-             "bad_epochs": 0, "epochs_run": 0, "seconds": 0.0}
+             "highest_score": None, "bad_epochs": 0, "epochs_run": 0, "seconds": 0.0}
     if resume and checkpoint.is_file():
         state = load_checkpoint(checkpoint, net, optimizer)
     log = MetricsLog(run_dir, enabled=process.is_main)
@@ -303,13 +303,16 @@ def train_subset(train_set: StudyDataset, settings: FinetuneSettings) -> tuple[S
 
 @dataclass
 class EpochSelection:
-    """Which epoch's weights are kept (tested, and what ``patience`` counts), by ``select_on``:
+    """Which epoch's weights are kept (and tested), by ``select_on``:
 
     - ``"auroc"``: the highest validation mean AUROC;
     - ``"auroc-ci"``: the same, but an epoch replaces the kept weights only when the paired
       patient-bootstrap 95 % interval of its validation mean-AUROC gain over them lies above 0
       (a best-of-epochs maximum on a small validation split is otherwise mostly noise);
     - ``"loss"`` (and whenever no validation label has both classes): the lowest validation loss.
+
+    Early stopping counts epochs without a new highest score, whether or not its gain was beyond noise:
+    gains too small to keep an epoch may still add up over the next ones.
     """
 
     select_on: str
@@ -359,10 +362,13 @@ class EpochSelection:
 def _keep_if_best(state: dict, validation: dict, selection: EpochSelection, epoch: int, net: StudyClassifier,
                   run_dir: Path, process, log: MetricsLog, progress: bool, train_loss: float | None = None) -> dict:
     """Record an epoch's validation loss and mean AUROC; keep the weights as ``model.safetensors`` when
-    ``selection`` prefers them to the kept ones."""
+    ``selection`` prefers them to the kept ones; count the epochs since the highest score (``patience``)."""
     gain = selection.gain_interval(validation)
     improved = selection.improves(validation, state.get("best_score"), gain)
-    state = {**state, "bad_epochs": 0 if improved else state["bad_epochs"] + 1}
+    score, highest = selection.score(validation), state.get("highest_score", state.get("best_score"))
+    new_high = highest is None or score > highest
+    state = {**state, "bad_epochs": 0 if new_high else state["bad_epochs"] + 1,
+             "highest_score": score if new_high else highest}
     if improved:
         state.update(best_score=selection.score(validation), best_val_loss=validation["loss"], best_epoch=epoch)
         selection.keep(validation, write=process.is_main)
@@ -378,11 +384,12 @@ def _keep_if_best(state: dict, validation: dict, selection: EpochSelection, epoc
 
 
 def _selection_note(improved: bool, gain: list[float] | None, bad_epochs: int) -> str:
-    """`` (best so far)``, or why the epoch was not kept."""
+    """`` (kept)``, or why the epoch was not kept."""
     if improved:
-        return " (best so far)"
-    noise = f", gain {signed_interval(gain)} includes 0" if gain is not None and gain[1] > 0 else ""
-    return f" ({bad_epochs} without improvement{noise})"
+        return " (kept)"
+    if bad_epochs == 0:
+        return f" (highest yet, not kept: its gain {signed_interval(gain)} includes 0)"
+    return f" ({bad_epochs} without a new highest score)"
 
 
 def init_head_from_probe(model: StudyClassifier, train_set: StudyDataset, device: torch.device, progress: bool) -> None:
