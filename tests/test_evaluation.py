@@ -16,15 +16,8 @@ from raddiffusion.results.compare import compare_predictions
 from raddiffusion.results.predictions import Predictions, PredictionsError, read_predictions, write_predictions
 from raddiffusion.results.runfiles import read_metrics
 from raddiffusion.train.evaluate import EvaluateSettings, evaluate
-from raddiffusion.train.finetune import (
-    KEPT_VALIDATION,
-    EpochSelection,
-    FinetuneSettings,
-    evaluate_validation,
-    finetune,
-    finetune_seeds,
-    pos_weight,
-)
+from raddiffusion.train.finetune import evaluate_validation, finetune, finetune_seeds, pos_weight
+from raddiffusion.train.selection import KEPT_VALIDATION, EpochSelection
 from raddiffusion.train.runs import RunError
 from raddiffusion.train.probe import knn_scores, probe_with_predictions
 
@@ -205,9 +198,9 @@ def test_strict_selection_saves_the_kept_validation_and_a_resumed_run_reads_it(s
     kept_model = rd.load(run)  # the kept epoch's weights, whichever epoch that was
     validation = evaluate_validation(kept_model, val_set, pos_weight(train_set), kept_model.head.weight.device, "fp32")
     np.testing.assert_allclose(np.load(run / KEPT_VALIDATION), validation["probabilities"], rtol=1e-5, atol=1e-6)
-    resumed = EpochSelection.for_run(FinetuneSettings(), val_set, run, resumed=True)
+    resumed = EpochSelection.for_run("auroc-ci", val_set, run, resamples=100, resumed=True)
     np.testing.assert_array_equal(resumed.kept, np.load(run / KEPT_VALIDATION))
-    assert EpochSelection.for_run(FinetuneSettings(), val_set, run, resumed=False).kept is None
+    assert EpochSelection.for_run("auroc-ci", val_set, run, resamples=100, resumed=False).kept is None
     epochs = [r for r in read_metrics(run) if r["kind"] == "epoch"]
     assert epochs[0]["val_gain_ci95"] is None and (epochs[1]["val_gain_ci95"] is None) == (epochs[0]["val_auroc"] is None)
 

@@ -250,7 +250,8 @@ def _add_training_options(cmd: argparse.ArgumentParser, defaults, finetune: bool
 
 
 def _add_recipe_options(cmd: argparse.ArgumentParser, defaults) -> None:
-    from .train.finetune import HEAD_INITS, SELECTION
+    from .train.finetune import HEAD_INITS
+    from .train.selection import SELECTION
 
     group = cmd.add_argument_group("fine-tuning recipe (defaults chosen by measurement, see BENCHMARKS.md)")
     group.add_argument("--select-on", choices=SELECTION,

@@ -31,8 +31,7 @@ from ..data.studies import StudyDataset, collate_studies
 from ..fileio import atomic_path, read_json, write_json
 from ..models import StudyClassifier, model_config
 from ..models.presets import RUNTIME_FIELDS, saved_config
-from ..results.bootstrap import DEFAULT_RESAMPLES, paired_difference
-from ..results.compare import signed_interval
+from ..results.bootstrap import DEFAULT_RESAMPLES
 from ..results.metrics import format_metric, format_table, label_metrics, scored_labels
 from ..results.predictions import Predictions, write_predictions
 from ..results.runfiles import CHECKPOINT, CONFIG, SUMMARY, TEST_METRICS, TEST_PREDICTIONS, is_finished, run_stores
@@ -56,6 +55,7 @@ from .loop import (
 )
 from .optim import build_classifier_optimizer, set_learning_rate, warmup_cosine
 from .preemption import Preemption
+from .selection import SELECTION, EpochSelection, selection_note
 from .pretrain import figure_reference
 from .probe import fit_label_regressions, over_seeds, study_vectors
 from .runs import MetricsLog, RunError, check_requested, load_checkpoint, save_checkpoint
@@ -66,8 +66,6 @@ EVAL_BATCH_STUDIES = 64
 MAY_CHANGE_ON_RESUME = {"save_every", "workers", "compile", "reference_study", "resamples",
                         "micro_batch"}  # settled when the run started: a resumed run keeps its accumulation
 HEAD_INITS = ("probe", "random")
-SELECTION = ("auroc-ci", "auroc", "loss")
-KEPT_VALIDATION = "kept_validation.npy"  # validation probabilities of the kept weights ("auroc-ci"; read on resume)
 RESIZABLE = ("image_size", *RUNTIME_FIELDS)  # model options a fine-tuning may change from its pretrained model
 
 
@@ -201,7 +199,8 @@ def finetune(
         state = load_checkpoint(checkpoint, net, optimizer)
     log = MetricsLog(run_dir, enabled=process.is_main)
     log.keep_until(state["step"])
-    selection = EpochSelection.for_run(settings, val_set, run_dir, resumed=state["step"] > 0)
+    selection = EpochSelection.for_run(settings.select_on, val_set, run_dir, settings.resamples,
+                                       resumed=state["step"] > 0)
     if state["step"] == 0 and settings.head_init == "probe":
         init_head_from_probe(net, train_set, process.device, progress and process.is_main)
         validation = evaluate_validation(net, val_set, weight, process.device, settings.precision)
@@ -301,64 +300,6 @@ def train_subset(train_set: StudyDataset, settings: FinetuneSettings) -> tuple[S
     return train_set.select(positions), lacking
 
 
-@dataclass
-class EpochSelection:
-    """Which epoch's weights are kept (and tested), by ``select_on``:
-
-    - ``"auroc"``: the highest validation mean AUROC;
-    - ``"auroc-ci"``: the same, but an epoch replaces the kept weights only when the paired
-      patient-bootstrap 95 % interval of its validation mean-AUROC gain over them lies above 0
-      (a best-of-epochs maximum on a small validation split is otherwise mostly noise);
-    - ``"loss"`` (and whenever no validation label has both classes): the lowest validation loss.
-
-    Early stopping counts epochs without a new highest score, whether or not its gain was beyond noise:
-    gains too small to keep an epoch may still add up over the next ones.
-    """
-
-    select_on: str
-    targets: np.ndarray  # validation [studies, labels]
-    mask: np.ndarray
-    subjects: np.ndarray
-    resamples: int
-    kept_file: Path | None = None  # where the kept weights' validation probabilities are saved ("auroc-ci")
-    kept: np.ndarray | None = None
-
-    @classmethod
-    def for_run(cls, settings: FinetuneSettings, val_set: StudyDataset, run_dir: Path, resumed: bool) -> "EpochSelection":
-        """The selection of a run; a resumed run reads the kept weights' validation probabilities back."""
-        kept_file = run_dir / KEPT_VALIDATION
-        kept = np.load(kept_file, allow_pickle=False) if resumed and kept_file.is_file() else None
-        return cls(settings.select_on, val_set.labels, val_set.label_mask, val_set.subject_ids, settings.resamples,
-                   kept_file, kept)
-
-    def score(self, validation: dict) -> float:
-        """The higher-is-better number epochs are ranked by."""
-        by_auroc = self.select_on != "loss" and validation["auroc"] is not None
-        return validation["auroc"] if by_auroc else -validation["loss"]
-
-    def gain_interval(self, validation: dict) -> list[float] | None:
-        """The 95 % interval of the validation mean-AUROC gain over the kept weights (``auroc-ci`` only)."""
-        if self.select_on != "auroc-ci" or self.kept is None or validation["auroc"] is None:
-            return None
-        return paired_difference(validation["probabilities"], self.kept, self.targets, self.mask, self.subjects,
-                                 validation["scored"], max(self.resamples, 1))["ci95"]
-
-    def improves(self, validation: dict, best_score: float | None, gain: list[float] | None) -> bool:
-        """Whether this epoch's weights replace the kept ones."""
-        if best_score is None:
-            return True
-        return self.score(validation) > best_score and (gain is None or gain[0] > 0)
-
-    def keep(self, validation: dict, write: bool) -> None:
-        """Remember the new kept weights' validation probabilities (and save them when ``write``)."""
-        if self.select_on != "auroc-ci" or "probabilities" not in validation:
-            return
-        self.kept = validation["probabilities"]
-        if write and self.kept_file is not None:
-            with atomic_path(self.kept_file) as tmp, open(tmp, "wb") as handle:
-                np.save(handle, self.kept, allow_pickle=False)
-
-
 def _keep_if_best(state: dict, validation: dict, selection: EpochSelection, epoch: int, net: StudyClassifier,
                   run_dir: Path, process, log: MetricsLog, progress: bool, train_loss: float | None = None) -> dict:
     """Record an epoch's validation loss and mean AUROC; keep the weights as ``model.safetensors`` when
@@ -379,17 +320,8 @@ def _keep_if_best(state: dict, validation: dict, selection: EpochSelection, epoc
                "best": improved})
     if progress and process.is_main:
         tqdm.write(f"epoch {epoch}: validation loss {validation['loss']:.4f}, mean AUROC "
-                   f"{format_metric(validation['auroc'])}" + _selection_note(improved, gain, state["bad_epochs"]))
+                   f"{format_metric(validation['auroc'])}" + selection_note(improved, gain, state["bad_epochs"]))
     return state
-
-
-def _selection_note(improved: bool, gain: list[float] | None, bad_epochs: int) -> str:
-    """`` (kept)``, or why the epoch was not kept."""
-    if improved:
-        return " (kept)"
-    if bad_epochs == 0:
-        return f" (highest yet, not kept: its gain {signed_interval(gain)} includes 0)"
-    return f" ({bad_epochs} without a new highest score)"
 
 
 def init_head_from_probe(model: StudyClassifier, train_set: StudyDataset, device: torch.device, progress: bool) -> None:
