@@ -413,6 +413,29 @@ def test_interrupted_then_resumed_equals_an_uninterrupted_run(store, pretrained,
     assert [r["loss"] for r in _epochs(run)] == pytest.approx([r["loss"] for r in _epochs(reference)], rel=1e-6)
 
 
+def test_a_resumed_default_recipe_run_draws_and_keeps_epochs_as_the_uninterrupted_one(store, pretrained, tmp_path, monkeypatch):
+    train = BASE_TRAIN | {"epochs": 3, "patience": 3}  # the defaults: probe head, drop path, --select-on auroc-ci
+    reference = tmp_path / "reference"
+    expected = finetune(store, reference, pretrained=pretrained, train=train, device="cpu", progress=False)
+    real = finetune_module.save_checkpoint
+
+    def save_then_interrupt(path, net, optimizer, state):
+        real(path, net, optimizer, state)
+        if state["step"] == STEPS_PER_EPOCH:
+            raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(finetune_module, "save_checkpoint", save_then_interrupt)
+        finetune(store, run, pretrained=pretrained, train=train, device="cpu", progress=False)
+    summary = finetune(store, run, pretrained=pretrained, train=train, resume=True, device="cpu", progress=False)
+    assert {k: v for k, v in summary.items() if k != "seconds"} == {k: v for k, v in expected.items() if k != "seconds"}
+    decisions = [(r["epoch"], r["best"], r["val_gain_ci95"]) for r in _epochs(run)]
+    assert decisions == [(r["epoch"], r["best"], r["val_gain_ci95"]) for r in _epochs(reference)]
+    assert any(gain is not None for _, _, gain in decisions[1:])  # epochs after the resume were tested against it
+    np.testing.assert_array_equal(np.load(run / "kept_validation.npy"), np.load(reference / "kept_validation.npy"))
+
+
 # 6-8. the command line ----------------------------------------------------------------------------------------------
 
 def test_run_workflow_with_the_original_spellings(store, tmp_path, monkeypatch, capsys):

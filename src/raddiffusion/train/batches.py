@@ -5,7 +5,9 @@ epoch from the seed). It is split into ``ranks × accumulation`` micro-batches o
 studies; rank ``r`` processes micro-batches ``r·accumulation … (r+1)·accumulation − 1``. Each
 micro-batch has its own random stream (masks, timesteps, noise) seeded by (seed, step, micro-batch).
 So two GPUs with accumulation 1 compute the same steps as one GPU with accumulation 2, and a run
-resumed at any step continues exactly as if it had never stopped.
+resumed at any step continues exactly as if it had never stopped. Drop path draws from torch's
+global generators, seeded per step and process (:func:`seed_step`): exact on resume too, but not
+the same draws on another number of GPUs.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+GLOBAL_STREAM = 1  # tells seed_step's streams apart from the micro-batch streams
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,12 @@ class EpochPlan:
 
 def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def seed_step(seed: int, global_step: int, rank: int) -> None:
+    """Seed torch's global generators for one step of one process: what draws from them (drop path)
+    draws the same in a resumed run as in an uninterrupted one."""
+    torch.manual_seed(int(np.random.SeedSequence([seed, global_step, rank, GLOBAL_STREAM]).generate_state(1)[0]))
 
 
 def micro_batch_generator(seed: int, global_step: int, index: int, device: torch.device) -> torch.Generator:

@@ -9,7 +9,7 @@ intervals on the test split (``test_metrics.json``, per-study ``test_predictions
 On top of it, a recipe chosen by measurement (BENCHMARKS.md), every part a setting: the head starts
 from the linear probe of the initial encoder (linear-probe-then-fine-tune; the epoch-0 weights are
 the first candidate for "best"; a later epoch replaces the kept weights only with a validation gain
-beyond noise, see :class:`EpochSelection`), a larger learning rate for the head, layer-wise learning-rate
+beyond noise, see ``selection.EpochSelection``), a larger learning rate for the head, layer-wise learning-rate
 decay, drop path, radiograph augmentation (random resized crop, small rotation, brightness /
 contrast, no horizontal flip), and the label-efficient protocol (a seeded subset of the train labels).
 """
@@ -37,7 +37,7 @@ from ..results.predictions import Predictions, write_predictions
 from ..results.runfiles import CHECKPOINT, CONFIG, SUMMARY, TEST_METRICS, TEST_PREDICTIONS, is_finished, run_stores
 from ..visual.study import ATTENTION, FIGURES, attention_map_figure
 from . import distributed
-from .batches import EpochPlan, micro_batch_generator
+from .batches import EpochPlan, micro_batch_generator, seed_step
 from .checkpoint import load, save_model
 from .microbatch import check_micro_batch, resolve_micro_batch
 from .loop import (
@@ -55,10 +55,10 @@ from .loop import (
 )
 from .optim import build_classifier_optimizer, set_learning_rate, warmup_cosine
 from .preemption import Preemption
-from .selection import SELECTION, EpochSelection, selection_note
 from .pretrain import figure_reference
 from .probe import fit_label_regressions, over_seeds, study_vectors
 from .runs import MetricsLog, RunError, check_requested, load_checkpoint, save_checkpoint
+from .selection import SELECTION, EpochSelection, selection_note
 
 BEST_WEIGHTS = "model.safetensors"
 CPU = torch.device("cpu")  # augmentation parameters are drawn here, whatever the device
@@ -234,6 +234,7 @@ def finetune(
                 for mb, batch in zip(plan.micro_batches(step_in_epoch), micro):
                     batch["generator"] = micro_batch_generator(settings.seed, step, mb.index, CPU)
                 shares = [len(batch["lengths"]) / batch_size for batch in micro]
+                seed_step(settings.seed, step, process.rank)
                 local = accumulate_gradients(trainer, micro, shares, process.ranks, objective, settings.precision)
                 loss = distributed.global_sum(local, process).item()
                 check_finite(loss, step + 1, checkpoint)
@@ -311,7 +312,7 @@ def _keep_if_best(state: dict, validation: dict, selection: EpochSelection, epoc
     state = {**state, "bad_epochs": 0 if new_high else state["bad_epochs"] + 1,
              "highest_score": score if new_high else highest}
     if improved:
-        state.update(best_score=selection.score(validation), best_val_loss=validation["loss"], best_epoch=epoch)
+        state.update(best_score=score, best_val_loss=validation["loss"], best_epoch=epoch)
         selection.keep(validation, write=process.is_main)
         if process.is_main:
             save_model(net, run_dir / BEST_WEIGHTS)

@@ -19,7 +19,7 @@ from ..fileio import read_json, write_json
 from ..models import from_config, model_config
 from ..models.presets import RUNTIME_FIELDS, ModelConfig, saved_config
 from . import distributed
-from .batches import EpochPlan, micro_batch_generator
+from .batches import EpochPlan, micro_batch_generator, seed_step
 from .checkpoint import save_model
 from .interop import InitPlan, apply_init, plan_init
 from .microbatch import check_micro_batch, resolve_micro_batch
@@ -188,6 +188,7 @@ def pretrain(
                     batch["generator"] = micro_batch_generator(settings.seed, step, mb.index, process.device)
                 global_images = plan.images(step_in_epoch)
                 shares = [len(batch["images"]) / global_images for batch in micro]
+                seed_step(settings.seed, step, process.rank)
                 local = accumulate_gradients(trainer, micro, shares, process.ranks, objective, settings.precision)
                 loss = distributed.global_sum(local, process).item()
                 check_finite(loss, step + 1, checkpoint)
