@@ -953,8 +953,8 @@ def _finetune_line(run: Path, summary: dict) -> str:
     test = summary["test"]["mean"]
     chosen = SELECTED_BY.get(summary.get("selected_on"), SELECTED_BY["loss"])
     kept = "epoch 0 (the linear-probe head)" if summary["best_epoch"] == 0 else f"epoch {summary['best_epoch']}"
-    return (f"finetune: kept {kept} of {summary['epochs_run']} by {chosen} "
-            f"(validation loss {summary['best_val_loss']:.4f}); test mean AUROC {format_metric(test['auroc'])} "
+    return (f"finetune: kept {kept} of {summary['epochs_run']}, chosen by {chosen}, "
+            f"validation loss {summary['best_val_loss']:.4f}; test mean AUROC {format_metric(test['auroc'])} "
             f"{format_interval(test.get('auroc_ci95'))}, "
             f"AUPRC {format_metric(test['auprc'])}, F1 {format_metric(test['f1'])}; run in {run}")
 
