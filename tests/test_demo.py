@@ -39,7 +39,11 @@ def test_a_rerun_reuses_the_finished_work(demos, capsys):
     before = weights.stat().st_mtime_ns
     assert run_demo(root / "a", TINY, progress=False) == first
     assert weights.stat().st_mtime_ns == before
-    assert "reused" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "reused" in out
+    for scheme in ("vanilla", "diffusion"):  # each number names the split it was measured on
+        line = next(row for row in out.splitlines() if row.startswith(f"{scheme}: linear probe"))
+        assert " on validation; fine-tuned (" in line and line.endswith(" on test"), line
 
 
 def test_other_settings_in_the_same_folder_are_refused(demos):

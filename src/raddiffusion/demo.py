@@ -101,7 +101,8 @@ def train_scheme(experiment: Path, store: Path, scheme: str, settings: DemoSetti
                  resume=(finetune_dir / CONFIG).is_file(), device="cpu", progress=progress)
     summary = read_json(finetune_dir / "summary.json")
     probe = read_json(pretrain_dir / "summary.json")["probe"]
-    print(f"{scheme}: probe mean AUROC {format_metric(probe and probe['mean']['auroc'])}, "
-          f"fine-tuned test mean AUROC {format_metric(summary['test']['mean']['auroc'])}")
+    kept = "the probe head" if summary["best_epoch"] == 0 else f"epoch {summary['best_epoch']}"
+    print(f"{scheme}: linear probe mean AUROC {format_metric(probe and probe['mean']['auroc'])} on validation; "
+          f"fine-tuned ({kept} kept) {format_metric(summary['test']['mean']['auroc'])} on test")
     return experiment
 
