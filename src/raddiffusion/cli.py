@@ -230,7 +230,8 @@ def _add_training_options(cmd: argparse.ArgumentParser, defaults, finetune: bool
     group.add_argument("--lr", type=float, help=f"peak learning rate (default {defaults.lr})")
     if finetune:
         group.add_argument("--patience", type=_positive_int,
-                           help=f"epochs without a better validation score before stopping (default {defaults.patience})")
+                           help=f"epochs without a new highest validation score (kept or not, see --select-on) "
+                           f"before stopping (default {defaults.patience})")
     else:
         group.add_argument("--probe-every", "--probe_every", type=int,
                            help=f"linear probe every N epochs, 0 = only at the end (default {defaults.probe_every})")
@@ -255,7 +256,7 @@ def _add_recipe_options(cmd: argparse.ArgumentParser, defaults) -> None:
 
     group = cmd.add_argument_group("fine-tuning recipe (defaults chosen by measurement, see BENCHMARKS.md)")
     group.add_argument("--select-on", choices=SELECTION,
-                       help=f"the epoch whose weights are kept, tested, and what --patience counts: auroc-ci: "
+                       help=f"the epoch whose weights are kept and tested: auroc-ci: "
                        f"highest validation mean AUROC, but a later epoch replaces the kept one only when the "
                        f"95%% patient-bootstrap interval of its gain lies above 0; auroc: any gain; loss: lowest "
                        f"validation loss (default {defaults.select_on})")
