@@ -55,17 +55,21 @@ class EpochPlan:
         return int(self._views[self._batches[step]].sum())
 
 
+def derived_seed(*keys: int) -> int:
+    """One 32-bit seed from several integers (``SeedSequence``: different keys give independent streams)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+    return derived_seed(seed, epoch)
 
 
 def seed_step(seed: int, global_step: int, rank: int) -> None:
     """Seed torch's global generators for one step of one process: what draws from them (drop path)
     draws the same in a resumed run as in an uninterrupted one."""
-    torch.manual_seed(int(np.random.SeedSequence([seed, global_step, rank, GLOBAL_STREAM]).generate_state(1)[0]))
+    torch.manual_seed(derived_seed(seed, global_step, rank, GLOBAL_STREAM))
 
 
 def micro_batch_generator(seed: int, global_step: int, index: int, device: torch.device) -> torch.Generator:
     """The random stream of micro-batch ``index`` of ``global_step`` (on ``device``)."""
-    stream = int(np.random.SeedSequence([seed, global_step, index]).generate_state(1)[0])
-    return torch.Generator(device=device).manual_seed(stream)
+    return torch.Generator(device=device).manual_seed(derived_seed(seed, global_step, index))

@@ -65,7 +65,7 @@ class EpochSelection:
 
     def keep(self, validation: dict, write: bool) -> None:
         """Remember the new kept weights' validation probabilities (and save them when ``write``)."""
-        if self.select_on != "auroc-ci" or "probabilities" not in validation:
+        if self.select_on != "auroc-ci":
             return
         self.kept = validation["probabilities"]
         if write and self.kept_file is not None:
