@@ -26,6 +26,8 @@ from raddiffusion.train.checkpoint import read_safetensors
 from raddiffusion.train.distributed import Process, global_any, global_max
 from raddiffusion.train.finetune import finetune
 from raddiffusion.train.preemption import Preempted, Preemption
+from raddiffusion.train.runlock import EXITED_HOLDER_WAIT_S, RunLock
+from raddiffusion.train.runs import RunError
 from raddiffusion.train.pretrain import pretrain
 
 from test_finetune import ORIGINAL_RECIPE, TINY, _write_store
@@ -140,13 +142,35 @@ def _assert_same_tensors(a: Path, b: Path) -> None:
 
 
 def _lock_is_free(run: Path) -> bool:
+    """Whether another process could take the run's record lock now (never ask while this process holds it)."""
     with open(run / LOCK, "a") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             return False
-        fcntl.flock(handle, fcntl.LOCK_UN)
+        fcntl.lockf(handle, fcntl.LOCK_UN)
         return True
+
+
+def _children(pid: int) -> list[int]:
+    """The pids of the live processes whose parent is ``pid``."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 @pytest.fixture(scope="module")
@@ -285,6 +309,75 @@ def test_a_busy_run_is_refused_and_a_stale_lock_does_not_block_resume(store, tmp
     assert main(_pretrain_command(store, run, "--resume")) == 0
     assert read_json(run / "summary.json")["steps"] == EPOCHS * STEPS_PER_EPOCH
     assert _lock_is_free(run) and (run / LOCK).read_text() == ""  # released when the run function returned
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the loader workers through /proc")
+def test_sigkill_of_the_main_process_alone_resumes_at_once_and_ends_with_the_same_weights(
+        store, pretrained, tmp_path, capsys):
+    run = tmp_path / "run"
+    with_workers = ("--workers", "2")
+    process = _start(_child("pretrain", 0.3), _pretrain_command(store, run, *with_workers))
+    try:
+        deadline = time.monotonic() + 60
+        while not (run / CHECKPOINT).is_file() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        workers = _children(process.pid)
+        assert (run / CHECKPOINT).is_file() and len(workers) >= 2, process.poll()
+        os.kill(process.pid, signal.SIGKILL)  # the OOM killer's way: the main process alone
+        process.wait()
+        assert any(_is_alive(w) for w in workers)  # its loader workers outlive it for a while
+        capsys.readouterr()
+        assert main(_pretrain_command(store, run, *with_workers, "--resume")) == 0, capsys.readouterr().err
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+    assert "in use" not in capsys.readouterr().err
+    assert _checkpoint_step(run) == EPOCHS * STEPS_PER_EPOCH
+    _assert_same_tensors(run / "model.safetensors", pretrained / "model.safetensors")
+    _assert_same_tensors(run / CHECKPOINT, pretrained / CHECKPOINT)
+
+
+def test_a_lock_naming_an_exited_holder_is_waited_for_then_taken(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (run / LOCK).write_text(f"{exited.stdout.strip()} {socket.gethostname()}\n")
+    holder = subprocess.Popen(  # holds the lock for a moment without naming itself, as a left-behind child would
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+         "fcntl.lockf(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(1.0)", str(run / LOCK)],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    lock = RunLock.take(run)
+    try:
+        assert holder.wait(timeout=10) == 0  # it held the lock when the take began: taken once it let go
+        assert capsys.readouterr().err.splitlines() == [
+            f"note: {run}: the last holder, pid {exited.stdout.strip()}, has exited; its workers are ending; "
+            f"retrying for up to {EXITED_HOLDER_WAIT_S:g} s"]
+        assert (run / LOCK).read_text().split()[0] == str(os.getpid())
+        with pytest.raises(RunError, match="already in use by this process"):
+            RunLock.take(run)  # a second take in the holder would drop the lock when it closes the file
+    finally:
+        lock.release()
+    assert _lock_is_free(run)
+
+
+def test_a_lock_held_by_a_live_process_is_refused_at_once(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, socket, sys, time; f = open(sys.argv[1], 'a'); "
+         "fcntl.lockf(f, fcntl.LOCK_EX); f.write(f'{os.getpid()} {socket.gethostname()}\\n'); f.flush(); "
+         "print('held', flush=True); time.sleep(30)", str(run / LOCK)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        started = time.monotonic()
+        with pytest.raises(RunError, match=f"in use by another raddiffusion process \\(pid {holder.pid} on "):
+            RunLock.take(run)
+        assert time.monotonic() - started < EXITED_HOLDER_WAIT_S  # no wait for a live holder
+    finally:
+        holder.kill()
+        holder.communicate()
 
 
 def test_a_run_refused_before_it_starts_leaves_no_run_directory(store, tmp_path, capsys):

@@ -11,7 +11,7 @@ SUMMARY = "summary.json"
 TEST_METRICS = "test_metrics.json"
 TEST_PREDICTIONS = "test_predictions.csv"
 PROBE_DIR = "probe"
-LOCK = ".lock"  # held (flock) by the process training in the run directory; holds its pid and host
+LOCK = ".lock"  # record-locked (fcntl) by the process training in the run directory; names its pid and host
 
 
 def run_stores(config: dict) -> list[str]:

@@ -40,13 +40,13 @@ from . import distributed
 from .batches import EpochPlan, micro_batch_generator, seed_step
 from .checkpoint import load, save_model
 from .microbatch import check_micro_batch, resolve_micro_batch
+from .runlock import releases_run_lock
 from .loop import (
     accumulate_gradients,
     check_finite,
     check_precision,
     check_store_fits,
     open_run,
-    releases_run_lock,
     resolve_settings,
     to_device,
     training_loader,

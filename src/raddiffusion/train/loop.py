@@ -1,13 +1,8 @@
 """What the pretraining and fine-tuning loops share: settings on resume, loaders, one optimizer step."""
 from __future__ import annotations
 
-import errno
-import fcntl
-import functools
 import math
 import os
-import socket
-import sys
 from contextlib import nullcontext
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -22,7 +17,8 @@ from . import distributed
 from .batches import EpochPlan
 from .distributed import Process
 from .preemption import ignore_in_worker
-from ..results.runfiles import CONFIG, LOCK
+from ..results.runfiles import CONFIG
+from .runlock import lock_run
 from .runs import RunError, check_requested
 
 PRECISIONS = ("fp32", "bf16")
@@ -49,7 +45,7 @@ def open_run(run_dir: Path, resume: bool, device: str | list[int]) -> tuple[Proc
     """Start this process (see :func:`distributed.start`) and read a resumed run's stored configuration.
 
     Returns ``(process, stored)``; ``stored`` is None for a new run. A run directory that another
-    process is training in (see :func:`lock_run`), or that already holds a run without ``resume``, is refused.
+    process is training in (see :mod:`.runlock`), or that already holds a run without ``resume``, is refused.
     """
     process = distributed.start(device)
     lock_run(run_dir, process)
@@ -57,95 +53,6 @@ def open_run(run_dir: Path, resume: bool, device: str | list[int]) -> tuple[Proc
     if config.is_file() and not resume:
         raise RunError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --run")
     return process, read_json(config) if config.is_file() else None
-
-
-class RunLock:
-    """An exclusive ``flock`` on ``RUN_DIR/.lock`` (which names the holder's pid and host), held while the file is open.
-
-    The kernel drops the lock when its holder ends, however it ends (even ``kill -9``): a lock file left
-    behind never blocks a later run. Forked DataLoader workers share the open file until they exit. A run
-    directory the lock created and nothing else wrote to (a run refused before it started) is removed on release.
-    """
-
-    def __init__(self, path: Path, fd: int | None, created: bool = False):
-        self.path, self.fd, self.created = path, fd, created
-
-    @classmethod
-    def take(cls, run_dir: Path) -> RunLock:
-        """Lock ``run_dir`` (created if missing); RunError in one line when another process holds it."""
-        created = not run_dir.exists()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        path = run_dir / LOCK
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise RunError(busy_message(run_dir)) from None
-            if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):  # no flock on this file system
-                print(f"note: {run_dir} cannot be locked ({os.strerror(exc.errno)}); make sure no other process "
-                      "trains in it", file=sys.stderr)
-                return cls(path, None)
-            raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
-        return cls(path, fd, created)
-
-    def release(self) -> None:
-        if self.fd is None:
-            return
-        fd, self.fd = self.fd, None
-        try:
-            os.ftruncate(fd, 0)  # no stale pid for the next reader
-            if self.created and [child.name for child in self.path.parent.iterdir()] == [LOCK]:
-                self.path.unlink()  # still locked: nobody can have started in it meanwhile
-                self.path.parent.rmdir()
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-
-
-_held_locks: list[RunLock] = []  # taken by open_run in this process, released by @releases_run_lock
-
-
-def busy_message(run_dir: Path) -> str:
-    try:
-        pid, host = (run_dir / LOCK).read_text().split()[:2]
-        holder = f"pid {pid} on {host}"
-    except (OSError, ValueError):
-        holder = "another process"
-    return (f"{run_dir} is in use by another raddiffusion process ({holder}); wait for it to end (or stop it), "
-            "or choose another --run")
-
-
-def lock_run(run_dir: Path, process: Process) -> None:
-    """The main process locks ``run_dir`` for the life of the run function (see :func:`releases_run_lock`);
-    when another process holds it, every process of this job raises RunError."""
-    refusal = None
-    if process.is_main:
-        try:
-            _held_locks.append(RunLock.take(run_dir))
-        except RunError as exc:
-            refusal = str(exc)
-    if distributed.global_any(refusal is not None, process):
-        raise RunError(refusal or busy_message(run_dir))
-
-
-def releases_run_lock(run):
-    """Decorator of a run function (which calls :func:`open_run`): the locks it took are released when it
-    returns or raises, so that a later run in the same process may use the run directory."""
-
-    @functools.wraps(run)
-    def wrapper(*args, **kwargs):
-        held = len(_held_locks)
-        try:
-            return run(*args, **kwargs)
-        finally:
-            while len(_held_locks) > held:
-                _held_locks.pop().release()
-
-    return wrapper
 
 
 def tune_allocator(process: Process, config) -> None:

@@ -23,13 +23,13 @@ from .batches import EpochPlan, micro_batch_generator, seed_step
 from .checkpoint import save_model
 from .interop import InitPlan, apply_init, plan_init
 from .microbatch import check_micro_batch, resolve_micro_batch
+from .runlock import releases_run_lock
 from .loop import (
     accumulate_gradients,
     check_finite,
     check_precision,
     check_store_fits,
     open_run,
-    releases_run_lock,
     resolve_settings,
     to_device,
     training_loader,
