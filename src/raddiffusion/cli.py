@@ -154,7 +154,7 @@ def _add_preprocess(commands) -> None:
     cmd.set_defaults(handler=run_preprocess)
 
 
-EXPORT_OPTIONS = ("id_key", "id_map", "labels", "split_file")
+EXPORT_OPTIONS = ("id_key", "id_map", "labels", "split_file", "body_parts")
 
 
 def _add_export_options(cmd: argparse.ArgumentParser) -> None:
@@ -177,6 +177,10 @@ def _add_export_options(cmd: argparse.ArgumentParser) -> None:
                        help="splits CSV: a PatientID or StudyInstanceUID column and a split column (train / validate / "
                        f"test); patients it does not list are split by hash (validate {MANIFEST_VALIDATE_SHARE:g}, "
                        f"test {MANIFEST_TEST_SHARE:g})")
+    group.add_argument("--body-part", dest="body_parts", action="append", metavar="WORD",
+                       help="a BodyPartExamined value your site uses for the chest, kept besides the usual ones (CHEST, "
+                       "THORAX, PORT CHEST, CHEST_PA, LUNG, TORAX, ...; case and separators ignored; see README); "
+                       "repeat for several")
 
 
 MODEL_OPTIONS = ("preset", "scheme", "mask_ratio", "image_size", "decoder", "schedule", "timesteps",
@@ -675,6 +679,8 @@ def run_preprocess(args: argparse.Namespace, argv: list[str]) -> None:
         args.root, args.store, image_size=args.image_size, workers=args.workers, shard=parse_shard(args.shard),
         layout=args.layout, manifest=args.manifest, carve=args.carve, export=_export_options(args),
     )
+    for note in summary.notes:
+        print(f"preprocess: {note}")
     print(summary.line())
 
 
@@ -683,6 +689,8 @@ def _export_options(args: argparse.Namespace):
     from .data.dicom_export import ExportOptions
 
     given = _explicit(args, EXPORT_OPTIONS)
+    if "body_parts" in given:
+        given["body_parts"] = tuple(given["body_parts"])
     return ExportOptions(**given) if given else None
 
 

@@ -3,10 +3,14 @@
 Files: every file under ROOT whose bytes 128..131 are ``DICM``, whatever its name (exports often
 have no extension); other files, names starting with ``.`` and DICOMDIR media directories are
 ignored. Headers are read up to the pixel data, never decoding it (``stop_before_pixels``), with a
-progress bar. Kept: images of modality CR or DX whose BodyPartExamined is CHEST or empty. Skipped
-with the reason: other modalities and body parts, objects without pixel rows (reports, key
-objects), files without PatientID or StudyInstanceUID, unreadable or truncated headers, a second
-copy of an instance, a study whose files name two patients.
+progress bar. Kept: chest radiographs, images of modality CR, DX, DR or RG whose BodyPartExamined
+names the chest as :mod:`.body_parts` decides (CHEST, THORAX, PORT CHEST, CHEST_PA, ..., or a
+site's ``--body-part`` words), or is absent while a description names it. Skipped with the reason:
+other modalities and body parts, raw detector images (PresentationIntentType FOR PROCESSING),
+secondary captures other than digitized film (report pages, screenshots), objects without pixel rows
+(reports, key objects), files without PatientID or StudyInstanceUID, unreadable or truncated
+headers, a second copy of an instance, a study whose files name two patients. ``ImageTree.notes``
+counts the kept images per BodyPartExamined value.
 
 Ids: a subject is a PatientID, a study a StudyInstanceUID; each becomes an integer in
 [1, 2**53) (exact as float64, within the store's int64) by HMAC-SHA256 under the id key
@@ -41,6 +45,7 @@ from pydicom.uid import UID
 from tqdm import tqdm
 
 from ..fileio import atomic_path
+from .body_parts import DESCRIPTION_KEYWORDS, ChestRule
 from .decode import DICOM_MAGIC, DICOM_MAGIC_OFFSET, quiet_pydicom
 from .manifest import SPLIT_NAMES, complete_splits
 from .tree import (
@@ -59,8 +64,19 @@ DEFAULT_ID_KEY = "raddiffusion-dicom-ids"
 """The documented default of ``--id-key``: public, so ids made with it are reproducible by anyone."""
 ID_SPACE = 2**53 - 1
 IMAGE_ID_HEX = 16
-CHEST_MODALITIES = ("CR", "DX")
-CHEST_BODY_PARTS = ("CHEST", "")
+RADIOGRAPH_MODALITIES = ("CR", "DX", "DR", "RG")
+"""Projection radiography as sites label it (DR and RG: DX's names at some sites; never MG, mammography)."""
+FOR_PROCESSING = "FOR PROCESSING"
+"""PresentationIntentType of raw detector data, which no one reads; its FOR PRESENTATION image is the radiograph."""
+FOR_PROCESSING_CLASSES = ("1.2.840.10008.5.1.4.1.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1.2.1",
+                          "1.2.840.10008.5.1.4.1.1.1.3.1")
+"""The DX, mammography and intra-oral "For Processing" SOP classes."""
+SECONDARY_CAPTURE_CLASSES = ("1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7.1", "1.2.840.10008.5.1.4.1.1.7.2",
+                             "1.2.840.10008.5.1.4.1.1.7.3", "1.2.840.10008.5.1.4.1.1.7.4")
+DIGITIZED_FILM = "DF"
+"""The ConversionType of a secondary capture that is a radiograph (a scanned film); any other is a page or a screen."""
+NO_BODY_PART = "absent (a description names the chest)"
+"""How the kept-images note counts images kept without BodyPartExamined."""
 MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"
 """The SOP class of DICOMDIR files."""
 DETECT_FILES = 64
@@ -76,7 +92,7 @@ VIEW_MEANINGS = {"postero-anterior": "PA", "antero-posterior": "AP", "left later
                  "lateral": "LATERAL"}
 PATIENT, STUDY, ACCESSION, INSTANCE = "PatientID", "StudyInstanceUID", "AccessionNumber", "SOPInstanceUID"
 HEADER_TAGS = [PATIENT, STUDY, ACCESSION, INSTANCE, "SOPClassUID", "Modality", "BodyPartExamined", "ViewPosition",
-               "ViewCodeSequence", "Rows", "Columns"]
+               "ViewCodeSequence", "Rows", "Columns", "PresentationIntentType", "ConversionType", *DESCRIPTION_KEYWORDS]
 """The only elements parsed: ids, what decides keeping a file, and the view."""
 SPLIT_COLUMN = "split"
 ID_MAP_COLUMNS = ["path", "image_id", "subject_id", "study_id", PATIENT, STUDY, ACCESSION, INSTANCE, "reason"]
@@ -86,12 +102,14 @@ __all__ = ["DATASET", "DEFAULT_ID_KEY", "ExportOptions", "check_id_map", "is_dic
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """How a DICOM export is read: the id key and the optional id map, labels and split files."""
+    """How a DICOM export is read: the id key, the optional id map, labels and split files, and a site's own
+    BodyPartExamined words for the chest."""
 
     id_key: str = DEFAULT_ID_KEY
     id_map: Path | None = None
     labels: Path | None = None
     split_file: Path | None = None
+    body_parts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -104,6 +122,7 @@ class _Header:
     accession: str = ""
     instance: str = ""
     view: str = UNKNOWN_VIEW
+    body_part: str = ""  # BodyPartExamined as written (at most MAX_VALUE_CHARS), for the kept-images note
     reason: str = ""  # why the file is skipped; "" = a chest radiograph
 
 
@@ -130,9 +149,10 @@ def read_dicom_export(root: str | Path, options: ExportOptions | None = None, pr
         raise DataError(f"{root}: not a directory")
     if not options.id_key:
         raise ValueError("--id-key must not be empty")
+    rule = ChestRule(options.body_parts)
     files = list(_walk(root))
     bar = tqdm(files, unit="file", desc="read headers", disable=not progress, dynamic_ncols=True)
-    headers = [h for h in (_read_header(root, relative) for relative in bar) if h is not None]
+    headers = [h for h in (_read_header(root, relative, rule) for relative in bar) if h is not None]
     frame = pd.DataFrame([asdict(h) for h in headers], columns=[f.name for f in fields(_Header)])
     table = _checked(_with_ids(frame, options.id_key.encode()))
     if options.id_map is not None:
@@ -140,7 +160,8 @@ def read_dicom_export(root: str | Path, options: ExportOptions | None = None, pr
     usable = table["reason"].eq("")
     if not usable.any():
         first = f" (first: {table['reason'].iloc[0]})" if len(table) else ""
-        raise DataError(f"{root}: no chest radiograph (CR / DX) among {len(table)} DICOM files{first}")
+        raise DataError(f"{root}: no chest radiograph ({' / '.join(RADIOGRAPH_MODALITIES)}) among {len(table)} DICOM "
+                        f"files{first}")
     images = table[usable].copy()
     given = _given_splits(options.split_file, images) if options.split_file else pd.Series("", index=images.index)
     images["split"], split_source = complete_splits(images["subject_id"], given, _name(options.split_file))
@@ -148,7 +169,8 @@ def read_dicom_export(root: str | Path, options: ExportOptions | None = None, pr
     label_names, labels = _labels(options.labels, images) if options.labels else ((), _no_labels())
     skipped = skip_table(zip(table["image_id"][~usable], [""] * int((~usable).sum()), table["reason"][~usable]))
     return ImageTree(root, DATASET, label_names, sort_images(images), labels, "dicom",
-                     f"{split_source}; subjects and studies by keyed hash", skipped, private_paths=True)
+                     f"{split_source}; subjects and studies by keyed hash", skipped, private_paths=True,
+                     notes=(_kept_by_body_part(images["body_part"]),))
 
 
 def _walk(root: Path):
@@ -169,7 +191,7 @@ def _has_dicom_magic(path: Path) -> bool:
         return False
 
 
-def _read_header(root: Path, relative: str) -> _Header | None:
+def _read_header(root: Path, relative: str, rule: ChestRule) -> _Header | None:
     """The header of one file; None for a file that is not DICOM or is a DICOMDIR."""
     path = root / relative
     try:
@@ -178,39 +200,61 @@ def _read_header(root: Path, relative: str) -> _Header | None:
             if file.read(len(DICOM_MAGIC)) != DICOM_MAGIC:
                 return None
             file.seek(0)
-            with quiet_pydicom():
+            with quiet_pydicom():  # values are parsed (and checked, with warnings) when read: all inside
                 dataset = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+                if _text(dataset.file_meta, "MediaStorageSOPClassUID") == MEDIA_DIRECTORY:
+                    return None
+                return _Header(relative, _text(dataset, PATIENT), _text(dataset, STUDY), _text(dataset, ACCESSION),
+                               _text(dataset, INSTANCE), _view(dataset),
+                               _text(dataset, "BodyPartExamined")[:MAX_VALUE_CHARS], _skip_reason(dataset, rule))
     except OSError as error:
         return _Header(relative, reason=f"cannot read file ({error.strerror or type(error).__name__})")
     except Exception as error:  # noqa: BLE001 - any parse failure of one file skips that file
         return _Header(relative, reason=f"unreadable DICOM header ({type(error).__name__})")
-    if _text(dataset.file_meta, "MediaStorageSOPClassUID") == MEDIA_DIRECTORY:
-        return None
-    return _Header(relative, _text(dataset, PATIENT), _text(dataset, STUDY), _text(dataset, ACCESSION),
-                   _text(dataset, INSTANCE), _view(dataset), _skip_reason(dataset))
 
 
 def _text(dataset: Dataset, keyword: str) -> str:
     return str(dataset.get(keyword) or "").strip()
 
 
-def _skip_reason(dataset: Dataset) -> str:
-    """Why a file is not a chest radiograph to keep ("" when it is one)."""
+def _skip_reason(dataset: Dataset, rule: ChestRule) -> str:
+    """Why a file is not a chest radiograph to keep ("" when it is one); the reason names the value that decided."""
     if "SOPClassUID" not in dataset:
         return "damaged or truncated DICOM header (no SOPClassUID)"
     if "Rows" not in dataset or "Columns" not in dataset:
         return f"not an image ({_sop_class(dataset)})"
     modality = _text(dataset, "Modality").upper()
-    if modality not in CHEST_MODALITIES:
-        return f"modality {modality[:MAX_VALUE_CHARS]!r} is not CR or DX"
-    body_part = _text(dataset, "BodyPartExamined").upper()
-    if body_part not in CHEST_BODY_PARTS:
-        return f"body part {body_part[:MAX_VALUE_CHARS]!r} is not CHEST"
+    if modality not in RADIOGRAPH_MODALITIES:
+        return f"modality {modality[:MAX_VALUE_CHARS]!r} is not {_either(RADIOGRAPH_MODALITIES)}"
+    sop_class = _text(dataset, "SOPClassUID")
+    conversion = _text(dataset, "ConversionType").upper()
+    if sop_class in SECONDARY_CAPTURE_CLASSES and conversion != DIGITIZED_FILM:
+        return f"a secondary capture (ConversionType {conversion[:MAX_VALUE_CHARS]!r}), not an acquired radiograph"
+    intent = _text(dataset, "PresentationIntentType").upper()
+    if intent == FOR_PROCESSING or sop_class in FOR_PROCESSING_CLASSES:
+        return f"raw detector data (PresentationIntentType {FOR_PROCESSING!r}), not an image for reading"
+    body_part = _text(dataset, "BodyPartExamined")
+    if body_part and not rule.is_chest(body_part):
+        return f"body part {body_part[:MAX_VALUE_CHARS]!r} is not the chest (a site's own word: --body-part)"
+    if not body_part and not rule.describes_chest(_text(dataset, k) for k in DESCRIPTION_KEYWORDS):
+        return "no BodyPartExamined, and no study, series or protocol description names the chest"
     if not _text(dataset, PATIENT):
         return "no PatientID: its patient could not be kept within one split"
     if not _text(dataset, STUDY):
         return "no StudyInstanceUID: its study is unknown"
     return ""
+
+
+def _either(values: tuple[str, ...]) -> str:
+    return f"{', '.join(values[:-1])} or {values[-1]}"
+
+
+def _kept_by_body_part(body_parts: pd.Series) -> str:
+    """The note that counts kept images per BodyPartExamined value, most frequent first (absent last)."""
+    counts = body_parts.value_counts(sort=False)
+    ordered = sorted(counts.items(), key=lambda item: (not item[0], -item[1], item[0]))  # absent last
+    parts = [f"{repr(value) if value else NO_BODY_PART} {count}" for value, count in ordered]
+    return f"kept {len(body_parts)} chest radiographs by BodyPartExamined: {', '.join(parts)}"
 
 
 def _sop_class(dataset: Dataset) -> str:

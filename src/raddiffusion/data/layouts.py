@@ -67,7 +67,8 @@ def read_tree(
     if carve is not None and layout != "chexpert":
         raise ValueError(f"carve applies to the chexpert layout only, not {layout}")
     if export is not None and layout != "dicom":
-        raise ValueError(f"--id-key, --id-map, --labels and --split-file apply to the dicom layout only, not {layout}")
+        raise ValueError(f"--id-key, --id-map, --labels, --split-file and --body-part apply to the dicom layout only, "
+                         f"not {layout}")
     if layout == "mimic":
         return read_mimic(root)
     if layout == "chexpert":

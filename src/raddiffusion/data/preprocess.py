@@ -54,6 +54,7 @@ class PreprocessSummary:
     decoded: int
     reused: int
     seconds: float
+    notes: tuple[str, ...] = ()  # what the reader's rules did (ImageTree.notes), printed before the summary line
 
     def line(self) -> str:
         """The one-line summary printed at the end of the command."""
@@ -122,14 +123,15 @@ def preprocess(
         shutil.rmtree(shard_dir / CHUNKS_DIR, ignore_errors=True)  # left if killed right after done.json
         done = read_json(shard_dir / DONE_FILE)
         return PreprocessSummary(shard_dir, done["images"] + done["skipped"], done["images"], done["skipped"], 0,
-                                 len(images), 0.0)
+                                 len(images), 0.0, tree.notes)
     chunks = _chunks(tree.root, images, image_size, chunk_size, shard_dir / CHUNKS_DIR)
     pending = [c for c in chunks if not _chunk_done(c)]
     reused = sum(len(c.paths) for c in chunks) - sum(len(c.paths) for c in pending)
     _run_chunks(pending, workers or available_cpus(), len(images), reused, progress)
     stored, skipped = _assemble(shard_dir, tree, images, chunks, image_size, shard)
     seconds = time.perf_counter() - started
-    return PreprocessSummary(shard_dir, stored + skipped, stored, skipped, len(images) - reused, reused, seconds)
+    return PreprocessSummary(shard_dir, stored + skipped, stored, skipped, len(images) - reused, reused, seconds,
+                             tree.notes)
 
 
 def available_cpus() -> int:

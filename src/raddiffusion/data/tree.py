@@ -44,7 +44,8 @@ class ImageTree:
     in ``label_names`` (1, 0, -1, NaN = not mentioned). ``skipped``: rows the reader could not use
     (:data:`SKIPPED_COLUMNS`). ``dataset`` names the reader; ``source_format`` the image files.
     ``private_paths``: file paths may name patients (a hospital's DICOM export), so no output lists
-    them; skipped files are named by ``image_id`` alone.
+    them; skipped files are named by ``image_id`` alone. ``notes``: lines on what the reader's rules
+    did, printed by preprocess.
     """
 
     root: Path
@@ -56,6 +57,7 @@ class ImageTree:
     split_source: str
     skipped: pd.DataFrame = field(default_factory=no_skips)
     private_paths: bool = False
+    notes: tuple[str, ...] = ()
 
     def labelled_images(self, label_policy: str = "ones") -> pd.DataFrame:
         """Images joined with their study's binary labels under ``label_policy``.
