@@ -100,8 +100,9 @@ def _add_synth(commands) -> None:
         "follows realistic CheXpert labels. Layouts: mimic (MIMIC-CXR: files/p1X/p<subject>/s<study>/ and its three "
         "CSVs), chexpert (CheXpert-v1.0-small/ with train.csv, valid.csv and test_labels.csv), nih (NIH ChestX-ray14: "
         "images/, Data_Entry_2017_v2020.csv and the train_val/test lists), dicom-export (a hospital's PACS export: "
-        "DICOMDIR, nested DICOM files without extension in mixed transfer syntaxes, a CT, a hand and a report to skip, "
-        "a text file; labels.csv beside it, keyed by AccessionNumber). Deterministic for a seed.",
+        "DICOMDIR, nested DICOM files without extension in mixed transfer syntaxes and body-part spellings, FOR "
+        "PROCESSING twins, a resent copy, a CT, a hand, a report and a dose page to skip, a text file; labels.csv "
+        "beside it, keyed by AccessionNumber). Deterministic for a seed.",
     )
     cmd.add_argument("out", type=Path, help="directory to create (must not already hold a tree)")
     cmd.add_argument("--subjects", type=_positive_int, default=200, help="number of subjects (default 200)")
