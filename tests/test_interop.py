@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -436,7 +437,7 @@ def test_pretrain_command_starts_from_an_mae_checkpoint(store, tmp_path, capsys)
     assert main(["pretrain", *common, "--init", str(tmp_path / "mae.pth")]) == 0, capsys.readouterr().err
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith(f"init: {tmp_path / 'mae.pth'} (MAE / timm layout): took ") and "3 input channels" in lines[0]
-    assert lines[1].startswith("pretrain: xs vanilla")
+    assert lines[1].startswith("pretrain: xs vanilla") and re.search(r"\(probes: \d+s of \d+s\)", lines[1]), lines[1]
     assert json.loads((run / "config.json").read_text())["init"] == str(tmp_path / "mae.pth")
     trained = rd.load(run)  # learning rate 0: the run's model is the initialised one
     assert torch.equal(trained.encoder.blocks[5].attn.qkv.weight, source.encoder.blocks[5].attn.qkv.weight)

@@ -126,9 +126,10 @@ def test_pretraining_writes_the_run_and_lowers_the_loss(store, tmp_path, scheme)
     assert probes == ["epoch_000.json", "epoch_002.json", "epoch_003.json"]  # before, every 2, the last
     for name in probes:
         result = read_json(run / "probe" / name)
-        assert result["epoch"] == int(name[6:9])
+        assert result["epoch"] == int(name[6:9]) and result["solver"] == "torch"
         assert result["mean"]["labels"] == len(PROBED) and 0.0 <= result["mean"]["auroc"] <= 1.0
         assert (run / "probe" / name).with_suffix(".txt").is_file()
+    assert 0 < summary["probe_seconds"] < summary["seconds"]  # the probes' wait, counted in the run's time
     assert summary["probe"] == {"epoch": epochs, "mean": read_json(run / "probe" / "epoch_003.json")["mean"]}
 
     model = rd.load(run)
@@ -280,6 +281,8 @@ def test_two_processes_train_like_one_with_accumulation(store, tmp_path):
     assert [r["loss"] for r in steps] == pytest.approx([r["loss"] for r in expected], rel=1e-4)
     assert read_json(run / "config.json")["train"]["accumulation"] == 1
     assert sorted(p.name for p in (run / "probe").glob("*.json")) == ["epoch_000.json", "epoch_002.json"]
+    first, first_single = read_json(run / "probe" / "epoch_000.json"), read_json(single / "probe" / "epoch_000.json")
+    assert first["labels"] == first_single["labels"] and first["mean"] == first_single["mean"]  # each rank embedded a share
     _assert_same_tensors(load_file(run / "model.safetensors"), load_file(single / "model.safetensors"), atol=1e-4)
     # Adam's moments scale with the gradient (its steps hardly do): the gradients were those of the global batch
     ddp_state, single_state = load_file(run / CHECKPOINT), load_file(single / CHECKPOINT)

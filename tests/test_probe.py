@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -13,7 +17,8 @@ from raddiffusion.data.labels import CHEXPERT_LABELS as LABELS
 from raddiffusion.data.preprocess import preprocess
 from raddiffusion.fileio import read_json
 from raddiffusion.results.metrics import format_table, label_metrics
-from raddiffusion.train.probe import linear_probe, probe, study_vectors, write_probe
+from raddiffusion.train.probe import (PROBE_SOLVERS, ProbeOptions, embed_split, linear_probe, probe, probe_splits,
+                                     study_vectors, write_probe)
 
 SIZE = 64
 TINY = {"image_size": SIZE, "patch_size": 16, "width": 32, "depth": 1, "heads": 2, "mlp_hidden": 64,
@@ -116,7 +121,8 @@ def _synthetic(rng, studies, features=8):
     return x * 10 + 3, y  # far from standardised
 
 
-def test_linear_probe_learns_linear_labels_and_respects_masks():
+@pytest.mark.parametrize("solver", PROBE_SOLVERS)
+def test_linear_probe_learns_linear_labels_and_respects_masks(solver):
     rng = np.random.default_rng(0)
     train_x, train_y = _synthetic(rng, 300)
     eval_x, eval_y = _synthetic(rng, 200)
@@ -128,7 +134,7 @@ def test_linear_probe_learns_linear_labels_and_respects_masks():
     train_y[:, -1] = 0.0  # constant in train, both classes in eval
     eval_mask = np.ones_like(eval_y)
     eval_mask[:50, 0] = 0.0
-    result = linear_probe(train_x, train_y, train_mask, eval_x, eval_y, eval_mask, LABELS, seed=0)
+    result = linear_probe(train_x, train_y, train_mask, eval_x, eval_y, eval_mask, LABELS, seed=0, solver=solver)
     assert result["studies"] == 200
     assert result["labels"][LABELS[0]]["positives"] + result["labels"][LABELS[0]]["negatives"] == 150
     for name in LABELS[:3]:
@@ -137,7 +143,7 @@ def test_linear_probe_learns_linear_labels_and_respects_masks():
     assert result["labels"][last]["absent"] == "only one class in train"
     assert result["labels"][last]["positives"] > 0 and result["labels"][last]["negatives"] > 0
     assert result["mean"]["labels"] == len(LABELS) - 1
-    again = linear_probe(train_x, train_y, train_mask, eval_x, eval_y, eval_mask, LABELS, seed=0)
+    again = linear_probe(train_x, train_y, train_mask, eval_x, eval_y, eval_mask, LABELS, seed=0, solver=solver)
     assert again == result
 
 
@@ -188,3 +194,52 @@ def test_probe_needs_labelled_studies(store, model):
         probe(model, unlabelled, progress=False)
     with pytest.raises(ValueError, match="split must be one of"):
         probe(model, store, eval_split="validation", progress=False)
+
+
+# Under torchrun: every rank embeds its share of the store's studies; rank 0 saves the vectors and the probe.
+DDP_PROBE = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np, torch
+    import raddiffusion as rd
+    from raddiffusion.train import distributed
+    from raddiffusion.train.probe import ProbeOptions, embed_split, probe_splits
+    process = distributed.start("cpu")
+    torch.manual_seed(0)
+    model = rd.create("xs", "vanilla", **json.loads(sys.argv[2]))
+    gather, local = distributed.gather_rows, []
+    def recorded(rows, counts, process):
+        local.append(len(rows))
+        return gather(rows, counts, process)
+    distributed.gather_rows = recorded
+    store = rd.open_store(sys.argv[1])
+    train, validate = (embed_split(model, store, split, batch_size=2, progress=False, process=process)
+                       for split in ("train", "validate"))
+    shares = [None] * process.ranks
+    torch.distributed.all_gather_object(shares, local)
+    if process.is_main:
+        metrics, _ = probe_splits(train, validate, ProbeOptions())
+        np.save(sys.argv[3] + "/train.npy", train.vectors)
+        json.dump({"metrics": metrics, "shares": shares}, open(sys.argv[3] + "/probe.json", "w"))
+    distributed.stop()
+    """
+)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="needs torch.distributed with gloo")
+def test_two_processes_embed_a_share_each_and_probe_like_one(store, model, tmp_path):
+    script = tmp_path / "ddp_probe.py"
+    script.write_text(DDP_PROBE)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+         str(store.root), json.dumps(TINY), str(tmp_path)],
+        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300,
+    )
+    assert result.returncode == 0, f"torchrun failed:\n{result.stdout}\n{result.stderr}"
+    ddp = json.loads((tmp_path / "probe.json").read_text())
+    train, validate = (embed_split(model, store, split, batch_size=2, progress=False) for split in ("train", "validate"))
+    metrics, _ = probe_splits(train, validate, ProbeOptions())
+    np.testing.assert_array_equal(np.load(tmp_path / "train.npy"), train.vectors)  # the same batches, the same vectors
+    assert ddp["metrics"] == json.loads(json.dumps(metrics))
+    assert ddp["shares"] == [[3, 2], [2, 0]]  # train: 5 studies, batches 0 and 2 on rank 0, 1 on rank 1; validate: 2

@@ -186,7 +186,8 @@ def _add_export_options(cmd: argparse.ArgumentParser) -> None:
 
 MODEL_OPTIONS = ("preset", "scheme", "mask_ratio", "image_size", "decoder", "schedule", "timesteps",
                  "time_embedding", "norm_pix_loss", "grad_checkpoint")
-PRETRAIN_OPTIONS = ("epochs", "batch_size", "accumulation", "micro_batch", "lr", "probe_every", "save_every", "workers", "seed",
+PRETRAIN_OPTIONS = ("epochs", "batch_size", "accumulation", "micro_batch", "lr", "probe_every", "probe_solver",
+                    "save_every", "workers", "seed",
                     "precision", "compile", "label_policy", "max_views", "reference_study")
 RECIPE_OPTIONS = ("select_on", "head_init", "head_warmup_epochs", "head_lr_scale", "layer_decay", "drop_path", "augment",
                   "crop_scale", "rotation", "intensity", "hflip", "label_fraction", "resamples")
@@ -240,6 +241,7 @@ def _add_training_options(cmd: argparse.ArgumentParser, defaults, finetune: bool
     else:
         group.add_argument("--probe-every", "--probe_every", type=int,
                            help=f"linear probe every N epochs, 0 = only at the end (default {defaults.probe_every})")
+        _add_probe_solver(group)
     group.add_argument("--save-every", type=_positive_int,
                        help=f"checkpoint every N steps, and at every epoch end (default {defaults.save_every})")
     group.add_argument("--workers", "--num-workers", "--num_workers", dest="workers", type=int,
@@ -318,6 +320,15 @@ def _explicit(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
+def _add_probe_solver(group) -> None:
+    from .train.probe import DEFAULT_SOLVER, PROBE_SOLVERS
+
+    group.add_argument("--probe-solver", choices=PROBE_SOLVERS, default=None,
+                       help="how the linear probe fits its per-label logistic regressions: torch (all labels at once, "
+                       "on the GPU when there is one, else on all CPU cores) or sklearn (one after another on one "
+                       f"core: the reference; same objective, AUROC within 0.002) (default {DEFAULT_SOLVER})")
+
+
 def _add_pretrain(commands) -> None:
     from .train.pretrain import PretrainSettings
 
@@ -364,6 +375,7 @@ def _add_probe(commands) -> None:
                      help="linear: logistic regression per label; knn: share of positives among the k nearest "
                      "train studies by cosine similarity (default linear)")
     cmd.add_argument("--k", type=_positive_int, default=None, help="neighbours of the kNN probe (default 20)")
+    _add_probe_solver(cmd)
     _add_protocol_options(cmd)
     cmd.set_defaults(handler=run_probe)
 
@@ -604,6 +616,7 @@ def _add_evaluate(commands) -> None:
     cmd.add_argument("--finetune", action="store_true", help="fine-tuning (slow: one training per cell)")
     cmd.add_argument("--baselines", action="store_true", help="add random init (probes) and from scratch (fine-tuning)")
     cmd.add_argument("--k", type=_positive_int, default=None, help="neighbours of the kNN probe (default 20)")
+    _add_probe_solver(cmd)
     cmd.add_argument("--split", default="test", choices=("validate", "test"), help="evaluated split (default test)")
     cmd.add_argument("--finetune-epochs", type=_positive_int, help="fine-tuning epochs (default 20)")
     cmd.add_argument("--batch-size", type=_positive_int, help="fine-tuning studies per step (default 64)")
@@ -817,7 +830,10 @@ def _pretrain_line(run: Path, summary: dict) -> str:
     from .results.metrics import format_metric
 
     probe = summary["probe"]
-    probed = f"; probe mean AUROC {format_metric(probe['mean']['auroc'])} after epoch {probe['epoch']}" if probe else ""
+    probed = ""
+    if probe:
+        probed = (f"; probe mean AUROC {format_metric(probe['mean']['auroc'])} after epoch {probe['epoch']} "
+                  f"(probes: {summary.get('probe_seconds', 0):.0f}s of {summary['seconds']:.0f}s)")
     return (f"pretrain: {summary['preset']} {summary['scheme']}, {summary['epochs']} epochs ({summary['steps']} steps) "
             f"in {summary['seconds']:.0f}s, last epoch loss {summary['final_epoch_loss']:.4f}{probed}; run in {run}")
 
@@ -837,11 +853,13 @@ def run_probe(args: argparse.Namespace, argv: list[str]) -> None:
     from .train.checkpoint import load
     from .train.distributed import single_device
     from .train.finetune import pretrained_stores
-    from .train.probe import DEFAULT_K, ProbeOptions, format_mean_sd, format_seeds, probe_with_predictions, write_probe
+    from .train.probe import (DEFAULT_K, DEFAULT_SOLVER, ProbeOptions, format_mean_sd, format_seeds,
+                              probe_with_predictions, write_probe)
 
     options = ProbeOptions(method=args.method, label_fraction=args.label_fraction or 1.0,
                            seeds=tuple(range(args.seed, args.seed + (args.seeds or 1))), k=args.k or DEFAULT_K,
-                           resamples=DEFAULT_RESAMPLES if args.resamples is None else args.resamples)
+                           resamples=DEFAULT_RESAMPLES if args.resamples is None else args.resamples,
+                           solver=args.probe_solver or DEFAULT_SOLVER)
     device = single_device(_device(args))
     model = load(args.run_dir).to(device)
     store = open_store(args.store)
@@ -909,14 +927,15 @@ def run_evaluate(args: argparse.Namespace, argv: list[str]) -> None:
     from .results.bootstrap import DEFAULT_RESAMPLES
     from .results.evaluation import EVALUATE_JSON, format_evaluation
     from .train.evaluate import EvaluateSettings, evaluate
-    from .train.probe import DEFAULT_K
+    from .train.probe import DEFAULT_K, DEFAULT_SOLVER
 
     methods = tuple(m for m in ("probe", "knn", "finetune") if getattr(args, m)) or ("probe",)
     finetune = {k: v for k, v in (("epochs", args.finetune_epochs), ("batch_size", args.batch_size),
                                   ("workers", args.workers)) if v is not None}
     settings = EvaluateSettings(fractions=args.fractions, seeds=args.seeds, methods=methods, baselines=args.baselines,
                                 split=args.split, k=args.k or DEFAULT_K, finetune=finetune,
-                                resamples=args.resamples or DEFAULT_RESAMPLES)
+                                resamples=args.resamples or DEFAULT_RESAMPLES,
+                                probe_solver=args.probe_solver or DEFAULT_SOLVER)
     started = time.perf_counter()
     evaluation = evaluate(args.runs, args.store, args.out, settings, _device(args), not args.quiet)
     print(format_evaluation(evaluation), end="")

@@ -131,6 +131,20 @@ def global_any(flag: bool, process: Process) -> bool:
     return global_max(int(flag), process) > 0
 
 
+def gather_rows(rows: torch.Tensor, counts: list[int], process: Process) -> list[torch.Tensor]:
+    """Every process's ``rows`` (``[counts[rank], ...]`` on this process's device), in rank order, on every process.
+
+    ``counts``: how many rows each process holds, known to all (no round trip to ask).
+    """
+    if not process.distributed:
+        return [rows]
+    padded = rows.new_zeros((max(counts), *rows.shape[1:]))
+    padded[: len(rows)] = rows
+    gathered = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(gathered, padded)
+    return [tensor[:count] for tensor, count in zip(gathered, counts)]
+
+
 def keep_freed_memory() -> bool:
     """Make glibc malloc keep freed memory instead of returning every large block to the system.
 

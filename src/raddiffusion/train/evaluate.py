@@ -36,7 +36,7 @@ from ..results.runfiles import SUMMARY, TEST_METRICS, TEST_PREDICTIONS, is_finis
 from .checkpoint import load
 from .distributed import single_device
 from .finetune import finetune
-from .probe import DEFAULT_K, ProbeOptions, embed_split, score_vectors, write_probe
+from .probe import DEFAULT_K, DEFAULT_SOLVER, ProbeOptions, embed_split, score_vectors, write_probe
 
 CELLS = "cells"
 METHODS = ("probe", "knn", "finetune")
@@ -55,6 +55,7 @@ class EvaluateSettings:
     k: int = DEFAULT_K
     label_policy: str = "ones"
     resamples: int = DEFAULT_RESAMPLES
+    probe_solver: str = DEFAULT_SOLVER  # the linear probe's regressions
     finetune: dict = field(default_factory=dict)  # fine-tuning settings (FinetuneSettings fields)
 
     def __post_init__(self) -> None:
@@ -100,8 +101,8 @@ def evaluate(runs: list[Path], store_path: Path, out: Path, settings: EvaluateSe
             if not path.with_suffix(".json").is_file():
                 train, evaluation = cell_vectors(vectors, model, config, store, settings, seed, single_device(device))
                 options = ProbeOptions(method=PROBE_METHOD[method], label_fraction=fraction, seeds=(seed,),
-                                       k=settings.k, resamples=settings.resamples)
-                metrics, predictions = score_vectors(train, evaluation, options, seed)
+                                       k=settings.k, resamples=settings.resamples, solver=settings.probe_solver)
+                metrics, predictions = score_vectors(train, evaluation, options, seed, single_device(device))
                 write_probe(metrics, path.with_suffix(".json"), predictions)
             result = read_json(path.with_suffix(".json"))
         done.append(cell_record(model, method, fraction, seed, result, path, out))

@@ -40,14 +40,14 @@ from .loop import (
 from ..results.metrics import format_metric
 from .optim import build_optimizer, set_learning_rate, warmup_cosine
 from .preemption import Preemption
-from .probe import probe_with_predictions, write_probe
+from .probe import DEFAULT_SOLVER, ProbeOptions, check_solver, embed_split, probe_splits, write_probe
 from ..visual.study import ANIMATION, FIGURES, reconstruction_figures, reference_study
 from ..results.runfiles import CHECKPOINT, CONFIG, PROBE_DIR, SUMMARY, run_stores
 from .runs import MetricsLog, RunError, check_requested, load_checkpoint, save_checkpoint
 
 PROBE_BATCH_STUDIES = 64
-MAY_CHANGE_ON_RESUME = {"probe_every", "save_every", "workers", "compile", "reference_study",  # weights unchanged
-                        "micro_batch"}  # settled when the run started: a resumed run keeps its accumulation
+MAY_CHANGE_ON_RESUME = {"probe_every", "probe_solver", "save_every", "workers", "compile",  # weights unchanged
+                        "reference_study", "micro_batch"}  # settled when the run started: a resumed run keeps its accumulation
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,7 @@ class PretrainSettings:
     weight_decay: float = 0.05
     warmup_fraction: float = 0.05
     probe_every: int = 10  # epochs; 0 = only at the end
+    probe_solver: str = DEFAULT_SOLVER  # the linear probe's regressions: "torch" (all labels at once) or "sklearn"
     save_every: int = 200  # steps between checkpoints (and at every epoch end)
     workers: int = 4
     seed: int = 0
@@ -74,6 +75,7 @@ class PretrainSettings:
     def __post_init__(self) -> None:
         check_precision(self.precision)
         check_micro_batch(self.micro_batch)
+        check_solver(self.probe_solver)
         for name in ("epochs", "batch_size", "accumulation", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
@@ -150,10 +152,10 @@ def pretrain(
     tune_allocator(process, config)
     net = from_config(config).to(process.device)
     optimizer = build_optimizer(net, settings.lr, settings.weight_decay)
-    state = {"step": 0, "epoch_loss": 0.0, "last_epoch_loss": None, "seconds": 0.0}
+    state = {"step": 0, "epoch_loss": 0.0, "last_epoch_loss": None, "seconds": 0.0, "probe_seconds": 0.0}
     init_line = f"init: {init} (when the run started)" if init else None
     if resume and checkpoint.is_file():
-        state = load_checkpoint(checkpoint, net, optimizer)
+        state = {"probe_seconds": 0.0, **load_checkpoint(checkpoint, net, optimizer)}  # older runs did not count it
     elif init_plan is not None:
         init_line = apply_init(net, init_plan).line()
         init_plan = None  # drop the file's tensors
@@ -161,13 +163,18 @@ def pretrain(
     log.keep_until(state["step"])
     trainer = wrap_for_training(net, process, settings.compile)
     figure_study = figure_reference(store, settings.reference_study) if process.is_main else None
+    started = time.perf_counter() - state["seconds"]
+
+    def probe_after(epoch: int) -> None:
+        state["probe_seconds"] += _probe(net, store, epoch, settings, process, run_dir, progress)
+        state["seconds"] = time.perf_counter() - started
+
     if state["step"] == 0:
-        _probe(net, store, 0, settings, process, run_dir, progress)
+        probe_after(0)
 
     def objective(model: torch.nn.Module, batch: dict) -> torch.Tensor:
         return model(batch["images"], batch["lengths"], batch["generator"])
 
-    started = time.perf_counter() - state["seconds"]
     loader, epoch_batches = training_loader(dataset, settings.workers, process.device)
     with Preemption(process) as preemption:  # SIGTERM / SIGUSR1: stop after a step with the checkpoint written
         for epoch in range(state["step"] // steps_per_epoch, settings.epochs):
@@ -209,7 +216,7 @@ def pretrain(
             log.write({"kind": "epoch", "step": state["step"], "epoch": epoch + 1, "loss": state["last_epoch_loss"],
                        "seconds": round(state["seconds"], 1)})
             if probe_due(epoch + 1, settings):
-                _probe(net, store, epoch + 1, settings, process, run_dir, progress)
+                probe_after(epoch + 1)
             if process.is_main:
                 if figure_study is not None:
                     reconstruction_figures(net, *figure_study, run_dir / FIGURES, f"epoch_{epoch + 1:03d}",
@@ -270,28 +277,32 @@ def _init_plan(init: Path, config: ModelConfig) -> InitPlan:
     return plan_init(init, shapes)
 
 
-def _probe(net, store, epoch: int, settings: PretrainSettings, process, run_dir: Path, progress: bool) -> None:
-    """Linear probe of the frozen encoder (train -> validate) by the main process; the others wait.
+def _probe(net, store, epoch: int, settings: PretrainSettings, process, run_dir: Path, progress: bool) -> float:
+    """Linear probe of the frozen encoder (train -> validate): every process embeds its share of the studies, the
+    main one fits and writes while the others wait. Returns the seconds it took.
 
     A store without labels (a DICOM export preprocessed without --labels) has nothing to probe: a note at epoch 0.
     """
     if not store.label_names:
         if epoch == 0 and process.is_main and progress:
             tqdm.write(f"no linear probes: {store.root} has no labels (pretraining only)")
-        return
+        return 0.0
+    started = time.perf_counter()
+    train, validate = (embed_split(unwrap(net), store, split, settings.label_policy, PROBE_BATCH_STUDIES,
+                                   process.device, settings.workers, progress, process)
+                       for split in ("train", "validate"))
     if process.is_main:
-        metrics, predictions = probe_with_predictions(unwrap(net), store, label_policy=settings.label_policy,
-                                                      batch_size=PROBE_BATCH_STUDIES, device=process.device,
-                                                      num_workers=settings.workers, seed=settings.seed,
-                                                      progress=progress)
+        options = ProbeOptions(seeds=(settings.seed,), solver=settings.probe_solver)
+        metrics, predictions = probe_splits(train, validate, options, process.device)
         metrics["epoch"] = epoch
         write_probe(metrics, run_dir / PROBE_DIR / f"epoch_{epoch:03d}.json", predictions)
         mean = metrics["mean"]
         if progress:
             tqdm.write(f"probe after epoch {epoch}: mean AUROC {format_metric(mean['auroc'])}, "
-                       f"AUPRC {format_metric(mean['auprc'])} over {mean['labels']} labels")
+                       f"AUPRC {format_metric(mean['auprc'])} over {mean['labels']} labels "
+                       f"({time.perf_counter() - started:.1f}s)")
     distributed.barrier(process)
-
+    return time.perf_counter() - started
 
 
 def _summary(run_dir: Path, config: ModelConfig, settings: PretrainSettings, state: dict) -> dict:
@@ -300,5 +311,6 @@ def _summary(run_dir: Path, config: ModelConfig, settings: PretrainSettings, sta
     return {
         "command": "pretrain", "scheme": config.scheme, "preset": config.preset, "epochs": settings.epochs,
         "steps": state["step"], "final_epoch_loss": state["last_epoch_loss"], "seconds": round(state["seconds"], 1),
+        "probe_seconds": round(state["probe_seconds"], 1),
         "probe": {"epoch": last["epoch"], "mean": last["mean"]} if last else None,
     }

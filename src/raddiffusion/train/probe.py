@@ -1,4 +1,10 @@
-"""Probes of frozen study vectors: linear (a balanced logistic regression per label) or kNN, on label fractions."""
+"""Probes of frozen study vectors: linear (a balanced logistic regression per label) or kNN, on label fractions.
+
+The linear probe's regressions are fitted all at once in torch (:mod:`.logistic`, ``solver="torch"``, the default) on
+the device the model runs on, or one after another by scikit-learn (``solver="sklearn"``, the reference; both
+minimise the same objective). With several processes (DDP), every process embeds its share of the studies
+(:func:`study_vectors`) and the main process fits.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,11 +26,16 @@ from ..fileio import atomic_path, write_json
 from ..results.bootstrap import DEFAULT_RESAMPLES
 from ..results.metrics import METRICS, format_interval, format_metric, format_table, label_metrics
 from ..results.predictions import PREDICTIONS_SUFFIX, Predictions, write_predictions
+from . import distributed
+from .distributed import Process
+from .logistic import balanced_weights, fit_logistic
 
 MAX_ITER = 1000  # logistic-regression solver iterations
 ONE_CLASS_IN_TRAIN = "only one class in train"
 TABLE_SUFFIX = ".txt"
 PROBE_METHODS = ("linear", "knn")
+PROBE_SOLVERS = ("torch", "sklearn")
+DEFAULT_SOLVER = "torch"
 DEFAULT_K = 20  # neighbours of the kNN probe
 KNN_CHUNK = 256  # eval rows whose similarities to all train rows are held at once
 
@@ -37,16 +48,22 @@ def study_vectors(
     num_workers: int = 0,
     progress: bool = True,
     description: str = "embed",
+    process: Process | None = None,
 ) -> np.ndarray:
     """``model.embed`` of every study of ``dataset``, in order: float32 ``[len(dataset), width]``.
 
     Runs without gradients in eval mode, then restores the model's training mode. Batches cross to
     ``device`` (where the model must already be) as uint8 and become floats there; ``num_workers``
-    loader processes read the store meanwhile. A wrapped model (DDP: ``.module``) is unwrapped.
+    loader processes read the store meanwhile. A wrapped model (DDP: ``.module``) is unwrapped. With the
+    ``process`` of a DDP job, every process embeds every ``ranks``-th batch of ``batch_size`` studies and all of
+    them return every study's vector: the batches are those one process would embed, so are the vectors.
     """
     net = model.module if hasattr(model, "module") else model
     device = torch.device(device)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=loader_workers(num_workers),
+    process = process or Process(0, 1, 0, device)
+    batches = [list(range(start, min(start + batch_size, len(dataset)))) for start in range(0, len(dataset), batch_size)]
+    mine = batches[process.rank :: process.ranks]
+    loader = DataLoader(dataset, batch_sampler=mine, num_workers=loader_workers(num_workers),
                         collate_fn=collate_study_pixels, pin_memory=device.type == "cuda")
     was_training = net.training
     net.eval()
@@ -54,14 +71,26 @@ def study_vectors(
         with torch.no_grad():
             chunks = [
                 net.embed(unit_range(batch["images"].to(device, non_blocking=True)), batch["lengths"].to(device))
-                .float().cpu().numpy()
-                for batch in tqdm(loader, desc=description, unit="batch", disable=not progress)
+                .float()
+                for batch in tqdm(loader, desc=description, unit="batch", disable=not (progress and process.is_main))
             ]
     finally:
         net.train(was_training)
-    if not chunks:
-        return np.zeros((0, net.config.width), dtype=np.float32)
-    return np.concatenate(chunks).astype(np.float32, copy=False)
+    local = torch.cat(chunks) if chunks else torch.zeros((0, net.config.width), device=device)
+    counts = [sum(len(batch) for batch in batches[rank :: process.ranks]) for rank in range(process.ranks)]
+    return _in_study_order(distributed.gather_rows(local, counts, process), [len(b) for b in batches], process.ranks)
+
+
+def _in_study_order(per_rank: list[torch.Tensor], batch_sizes: list[int], ranks: int) -> np.ndarray:
+    """The gathered rows (process ``r`` holds batches ``r, r + ranks, ...``) back in batch order, on the CPU."""
+    offsets = [0] * ranks
+    rows = []
+    for number, size in enumerate(batch_sizes):
+        owner = number % ranks
+        rows.append(per_rank[owner][offsets[owner] : offsets[owner] + size])
+        offsets[owner] += size
+    width = per_rank[0].shape[1]
+    return torch.cat(rows).cpu().numpy() if rows else np.zeros((0, width), dtype=np.float32)
 
 
 def fit_label_regressions(
@@ -84,13 +113,17 @@ def fit_label_regressions(
 
 def linear_probe_scores(
     train_x: np.ndarray, train_y: np.ndarray, train_mask: np.ndarray, eval_x: np.ndarray, labels: tuple[str, ...],
-    seed: int = 0,
+    seed: int = 0, solver: str = DEFAULT_SOLVER, device: str | torch.device = "cpu",
 ) -> tuple[np.ndarray, dict[str, str]]:
     """Probabilities ``[eval, len(labels)]`` of one balanced logistic regression per label on standardised vectors.
 
     Only train rows whose mask is 1 are fitted. A label with a single class among them is returned
-    in ``absent`` (name -> ``only one class in train``) with probabilities 0.
+    in ``absent`` (name -> ``only one class in train``) with probabilities 0. ``solver``: ``torch`` (every label
+    at once on ``device``) or ``sklearn`` (one after another on the CPU).
     """
+    check_solver(solver)
+    if solver == "torch":
+        return _batched_probe_scores(train_x, train_y, train_mask, eval_x, labels, torch.device(device))
     scaler, fitted = fit_label_regressions(train_x, train_y, train_mask, seed)
     eval_z = scaler.transform(eval_x)
     probabilities = np.zeros((len(eval_x), len(labels)), dtype=np.float64)
@@ -101,6 +134,29 @@ def linear_probe_scores(
             continue
         probabilities[:, k] = classifier.predict_proba(eval_z)[:, 1]
     return probabilities, absent
+
+
+def check_solver(solver: str) -> None:
+    if solver not in PROBE_SOLVERS:
+        raise ValueError(f"probe solver must be one of {', '.join(PROBE_SOLVERS)}, not {solver!r}")
+
+
+def _batched_probe_scores(train_x, train_y, train_mask, eval_x, labels, device) -> tuple[np.ndarray, dict[str, str]]:
+    """:func:`linear_probe_scores` with every label fitted at once (:func:`.logistic.fit_logistic`) on ``device``."""
+    x = torch.as_tensor(np.asarray(train_x, np.float32), device=device)
+    mean = x.mean(0)
+    scale = x.std(0, unbiased=False)
+    scale = torch.where(scale > 0, scale, 1)  # a constant feature stays as it is, as StandardScaler leaves it
+    targets = torch.as_tensor(np.asarray(train_y, np.float32), device=device)
+    weights = balanced_weights(targets, torch.as_tensor(np.asarray(train_mask, np.float32), device=device))
+    fitted = fit_logistic((x - mean) / scale, targets, weights)
+    del x
+    evaluate = torch.as_tensor(np.asarray(eval_x, np.float32), device=device)
+    probabilities = fitted.probabilities((evaluate - mean) / scale).double()
+    single_class = (weights.sum(0) == 0).cpu().numpy()
+    probabilities[:, torch.as_tensor(single_class, device=device)] = 0.0
+    absent = {name: ONE_CLASS_IN_TRAIN for name, single in zip(labels, single_class) if single}
+    return probabilities.cpu().numpy(), absent
 
 
 def knn_scores(
@@ -152,25 +208,29 @@ def linear_probe(
     labels: tuple[str, ...],
     seed: int = 0,
     eval_subjects: np.ndarray | None = None,
+    solver: str = DEFAULT_SOLVER,
 ) -> dict:
     """:func:`linear_probe_scores` scored on eval: the :func:`label_metrics` dict (intervals over ``eval_subjects``)."""
-    probabilities, absent = linear_probe_scores(train_x, train_y, train_mask, eval_x, labels, seed)
+    probabilities, absent = linear_probe_scores(train_x, train_y, train_mask, eval_x, labels, seed, solver)
     return label_metrics(probabilities, eval_y, eval_mask, absent=absent, subjects=eval_subjects, labels=labels)
 
 
 @dataclass(frozen=True)
 class ProbeOptions:
-    """How frozen vectors are evaluated: method, label fraction and seeds of the train subset, intervals."""
+    """How frozen vectors are evaluated: method, label fraction and seeds of the train subset, intervals, and the
+    linear probe's solver."""
 
     method: str = "linear"  # "linear" | "knn"
     label_fraction: float = 1.0
     seeds: tuple[int, ...] = (0,)
     k: int = DEFAULT_K
     resamples: int = DEFAULT_RESAMPLES
+    solver: str = DEFAULT_SOLVER
 
     def __post_init__(self) -> None:
         if self.method not in PROBE_METHODS:
             raise ValueError(f"probe method must be one of {', '.join(PROBE_METHODS)}, not {self.method!r}")
+        check_solver(self.solver)
         check_fraction(self.label_fraction)
         if not self.seeds:
             raise ValueError("at least one seed is needed")
@@ -182,21 +242,26 @@ class SplitVectors:
 
     dataset: StudyDataset
     vectors: np.ndarray
+    split: str | None = None
 
 
 def embed_split(model: nn.Module, store: Store, split: str, label_policy: str = "ones", batch_size: int = 64,
-                device: str | torch.device = "cpu", num_workers: int = 0, progress: bool = True) -> SplitVectors:
-    """Frozen study vectors of the labelled studies of ``split`` (``ValueError`` when it has none)."""
+                device: str | torch.device = "cpu", num_workers: int = 0, progress: bool = True,
+                process: Process | None = None) -> SplitVectors:
+    """Frozen study vectors of the labelled studies of ``split`` (``ValueError`` when it has none); with the
+    ``process`` of a DDP job every process embeds its share (see :func:`study_vectors`)."""
     dataset = _labelled_studies(store, split, label_policy)
-    vectors = study_vectors(model, dataset, batch_size, device, num_workers, progress, description=f"embed {split}")
-    return SplitVectors(dataset, vectors)
+    vectors = study_vectors(model, dataset, batch_size, device, num_workers, progress, description=f"embed {split}",
+                            process=process)
+    return SplitVectors(dataset, vectors, split)
 
 
-def score_vectors(train: SplitVectors, evaluate: SplitVectors, options: ProbeOptions, seed: int) -> tuple[dict, Predictions]:
+def score_vectors(train: SplitVectors, evaluate: SplitVectors, options: ProbeOptions, seed: int,
+                  device: str | torch.device = "cpu") -> tuple[dict, Predictions]:
     """One seed of a probe on frozen vectors: fit on the seed's label-fraction subset of train, score eval.
 
     Returns the :func:`label_metrics` dict (with the subset's size and the labels it lacks) and the
-    per-study predictions of the eval split.
+    per-study predictions of the eval split. The torch solver fits on ``device``.
     """
     labels = train.dataset.label_names
     subset, lacking = label_fraction_subset(train.dataset.subject_ids, train.dataset.labels, train.dataset.label_mask,
@@ -205,7 +270,7 @@ def score_vectors(train: SplitVectors, evaluate: SplitVectors, options: ProbeOpt
     if options.method == "knn":
         probabilities, absent = knn_scores(x, y, mask, evaluate.vectors, labels, options.k)
     else:
-        probabilities, absent = linear_probe_scores(x, y, mask, evaluate.vectors, labels, seed)
+        probabilities, absent = linear_probe_scores(x, y, mask, evaluate.vectors, labels, seed, options.solver, device)
     absent = {**lacking, **absent}
     data = evaluate.dataset
     metrics = label_metrics(probabilities, data.labels, data.label_mask, absent=absent, subjects=data.subject_ids,
@@ -215,6 +280,8 @@ def score_vectors(train: SplitVectors, evaluate: SplitVectors, options: ProbeOpt
                "train_studies_used": len(subset)}
     if options.method == "knn":
         details["k"] = options.k
+    else:
+        details["solver"] = options.solver
     return {**details, **metrics}, predictions
 
 
@@ -252,8 +319,14 @@ def probe_with_predictions(
     embed = {"model": model, "store": store, "label_policy": label_policy, "batch_size": batch_size,
              "device": device, "num_workers": num_workers, "progress": progress}
     train, evaluate = embed_split(split=train_split, **embed), embed_split(split=eval_split, **embed)
-    scored = [score_vectors(train, evaluate, options, s) for s in options.seeds]
-    splits = {"train_split": train_split, "eval_split": eval_split,
+    return probe_splits(train, evaluate, options, device)
+
+
+def probe_splits(train: SplitVectors, evaluate: SplitVectors, options: ProbeOptions,
+                 device: str | torch.device = "cpu") -> tuple[dict, Predictions]:
+    """:func:`probe_with_predictions` on vectors already embedded: every seed of ``options`` scored."""
+    scored = [score_vectors(train, evaluate, options, s, device) for s in options.seeds]
+    splits = {"train_split": train.split, "eval_split": evaluate.split,
               "train_studies": len(train.dataset), "eval_studies": len(evaluate.dataset)}
     return {**splits, **with_seeds([metrics for metrics, _ in scored])}, scored[0][1]
 
