@@ -14,20 +14,22 @@ the original experiment (MIMIC-CXR, 200 epochs, probes every 10) onto 1 and 8 GP
    machine; a diagnostic times what a worker pays to hand a float32 or a uint8 batch over.
 3. Embed: ``embed_store`` with a randomly initialised xs model over the first ``--embed-studies``
    studies of the store (a prefix of it: the full store takes too long on two cores), in a fresh process.
-   Probe: ``linear_probe_scores`` on synthetic study vectors (``--probe-train`` train × ``--probe-eval``
-   eval studies, 256-d, 14 labels; correlated noise with a 1/i variance spectrum plus one direction per
-   label) in a fresh process (time, CPU time, L-BFGS iterations, peak RSS, tracemalloc peak of NumPy),
-   plus a smaller pair (256-d and 768-d, the b width) for the scaling in studies and width, and the
-   bootstrap metrics on a MIMIC-validate-sized split. Every measuring process runs ``--threads`` torch
-   and BLAS threads (default 1: CPU seconds are then the time on one core of its own, which this
-   shared machine cannot give).
+   Probe: ``linear_probe_scores`` with both solvers (``sklearn``, the 14 fits one after another, and
+   ``torch``, all at once) on the same synthetic study vectors, one fresh process per size: ``--probe-train``
+   train × ``--probe-eval`` eval studies and ``--probe-small`` train × a MIMIC-validate-sized eval, each at
+   256-d (xs) and 768-d (b), 14 labels (correlated noise with a 1/i variance spectrum plus one direction
+   per label): time, CPU time, iterations per label, the largest per-label AUROC difference between the
+   solvers, and the bootstrap metrics on a MIMIC-validate-sized split. Each size runs once with
+   ``--threads`` torch and BLAS threads (default 1: CPU seconds are then the time on one core of its own,
+   which this shared machine cannot give) and once with every core of this machine.
 4. Projection: MIMIC-CXR's official split, xs and b, 200 epochs, probes at epoch 0 and every 10 epochs,
-   on 1 and 8 GPUs, from the H200 training rates of BENCHMARKS.md and the rates measured here; every
+   on 1 and 8 GPUs, from the H200 training rates of BENCHMARKS.md and the rates measured here, with the
+   probe as it was (process 0 embeds, sklearn) and as it is (every rank embeds its share, torch); every
    assumption is named in the JSON.
 
     python benchmarks/bench_scale.py [--images 100000] [--image-size 256] [--loader-batches 120]
         [--workers 0,2,4] [--batch-size 64] [--embed-studies 2000] [--probe-train 100000]
-        [--probe-eval 100000] [--threads 1] [--work out] [--keep]
+        [--probe-eval 100000] [--probe-small 25000] [--threads 1] [--work out] [--keep]
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ import torch
 
 import raddiffusion as rd
 from raddiffusion.data.labels import CHEXPERT_LABELS, apply_label_policy
+from raddiffusion.data.preprocess import available_cpus
 from raddiffusion.data.store import (DONE_FILE, IMAGES_FILE, INDEX_FILE, LABELS_FILE, SKIPPED_FILE, STORE_FORMAT,
                                      shard_dirname)
 from raddiffusion.data.tree import SKIPPED_COLUMNS
@@ -87,8 +90,8 @@ H200_TRAINING_IMAGES_PER_S = {
 }
 WIDTH = {"xs": 256, "b": 768}
 EPOCHS, PROBE_EVERY = 200, 10
-BENCH_LOADER_IMAGES_PER_S = 20_604  # BENCHMARKS.md: bench_loader.py, warm, one process, 2 threads, cpu2, 2026-11-25
 SCALING_EFFICIENCY_8 = 0.90  # assumption
+DEFAULT_LOADER_WORKERS = 4  # pretrain's --workers default: the probe's embedding loads through them
 EMBED_OVER_TRAINING = 3.0  # assumption: forward-only embedding ≈ 3× the training images/s on the same GPU
 
 
@@ -328,22 +331,6 @@ def batch_handoff(dataset, batch_size: int, repeats: int = 20) -> dict:
     return result
 
 
-def probe_loader(dataset, studies: int, batch_size: int) -> dict:
-    """The probe's loading as ``study_vectors`` does it: float32 ``collate_studies``, in order, num_workers=0; warm."""
-    from torch.utils.data import DataLoader, Subset
-
-    loader = DataLoader(Subset(dataset, range(min(studies, len(dataset)))), batch_size=batch_size, shuffle=False,
-                        num_workers=0, collate_fn=rd.collate_studies)
-    for _ in loader:  # warm the pages
-        pass
-    started, cpu0 = time.perf_counter(), time.process_time()
-    images = sum(batch["images"].shape[0] for batch in loader)
-    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu0
-    return {"what": "DataLoader(collate_fn=collate_studies, num_workers=0) in study order, as study_vectors loads "
-                    "for the probe and embed; warm", "images": images, "seconds": round(seconds, 2),
-            "images_per_s": round(images / seconds), "images_per_cpu_s": round(images / cpu)}
-
-
 def loader_benchmark(store: rd.Store, batch_size: int, batches: int, workers_list: list[int]) -> dict:
     from raddiffusion.train.batches import EpochPlan
 
@@ -373,7 +360,6 @@ def loader_benchmark(store: rd.Store, batch_size: int, batches: int, workers_lis
         "train_studies": len(dataset), "train_images": dataset.num_images(), "steps_per_epoch": plan.steps,
         "study_dataset_build_s": round(dataset_s, 2), "torch_threads_main": torch.get_num_threads(),
         "runs": runs, "batch_handoff_diagnostic_warm": batch_handoff(dataset, batch_size),
-        "probe_loader": probe_loader(dataset, batches * batch_size, batch_size),
     }
 
 
@@ -469,49 +455,72 @@ def probe_model(width: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def child_probe(train: str, evaluate: str, width: str, metrics_studies: str) -> dict:
+    """Both solvers of the linear probe on the same synthetic vectors, in one process: seconds, CPU seconds,
+    iterations per label, and how far their per-label AUROCs on eval lie apart."""
     import tracemalloc
 
     from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
 
     from raddiffusion.results.metrics import label_metrics
+    from raddiffusion.train import logistic
     from raddiffusion.train import probe as probe_module
 
-    iterations = []
+    iterations = {"sklearn": [], "torch": []}
 
-    class Counted(LogisticRegression):  # the probe's classifier, recording its L-BFGS iterations
+    class Counted(LogisticRegression):  # the reference solver's classifier, recording its L-BFGS iterations
         def fit(self, *args, **kwargs):
             fitted = super().fit(*args, **kwargs)
-            iterations.append(int(fitted.n_iter_[0]))
+            iterations["sklearn"].append(int(fitted.n_iter_[0]))
             return fitted
 
-    probe_module.LogisticRegression = Counted
+    fit_logistic = probe_module.fit_logistic
+
+    def counted_fit(*args, **kwargs):  # the batched solver, recording each label's iterations
+        fitted = fit_logistic(*args, **kwargs)
+        iterations["torch"] = fitted.iterations.tolist()
+        return fitted
+
+    probe_module.LogisticRegression, probe_module.fit_logistic = Counted, counted_fit
     rng = np.random.default_rng(0)
     signal, mixing = probe_model(int(width))
     train_x, train_y, train_mask = probe_data(int(train), int(width), rng, signal, mixing)
     eval_x, eval_y, eval_mask = probe_data(int(evaluate), int(width), rng, signal, mixing)
     inputs = sum(a.nbytes for a in (train_x, train_y, train_mask, eval_x, eval_y, eval_mask))
-    before = memory_mib()["rss_mib"]
-    tracemalloc.start()
-    started, cpu0 = time.perf_counter(), time.process_time()
-    probabilities, absent = probe_module.linear_probe_scores(train_x, train_y, train_mask, eval_x, CHEXPERT_LABELS,
-                                                             seed=0)
-    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu0
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    result = {
-        "train_studies": int(train), "eval_studies": int(evaluate), "width": int(width),
-        "labels": len(CHEXPERT_LABELS), "labels_fitted": len(CHEXPERT_LABELS) - len(absent),
-        "linear_probe_scores_s": round(seconds, 1), "cpu_s": round(cpu, 1),
-        "lbfgs_iterations_per_label": iterations, "max_iter": probe_module.MAX_ITER,
-        "tracemalloc_peak_mib": round(peak / MIB), "input_arrays_mib": round(inputs / MIB),
-        "rss_before_probe_mib": before, "peak_rss_mib": memory_mib()["peak_rss_mib"],
-    }
+    result = {"train_studies": int(train), "eval_studies": int(evaluate), "width": int(width),
+              "labels": len(CHEXPERT_LABELS), "threads": torch.get_num_threads(), "input_arrays_mib": round(inputs / MIB),
+              "solvers": {}}
+    aurocs, probabilities = {}, {}
+    for solver in ("sklearn", "torch"):
+        before = memory_mib()["rss_mib"]
+        tracemalloc.start()
+        started, cpu0 = time.perf_counter(), time.process_time()
+        probabilities[solver], absent = probe_module.linear_probe_scores(
+            train_x, train_y, train_mask, eval_x, CHEXPERT_LABELS, seed=0, solver=solver)
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu0
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        aurocs[solver] = [roc_auc_score(eval_y[eval_mask[:, k] > 0, k], probabilities[solver][eval_mask[:, k] > 0, k])
+                          for k in range(len(CHEXPERT_LABELS))]
+        result["solvers"][solver] = {
+            "linear_probe_scores_s": round(seconds, 2), "cpu_s": round(cpu, 2),
+            "iterations_per_label": iterations[solver], "labels_fitted": len(CHEXPERT_LABELS) - len(absent),
+            "mean_auroc": round(float(np.mean(aurocs[solver])), 4),
+            "tracemalloc_peak_mib": round(peak / MIB), "rss_before_mib": before,
+        }
+    result["max_iter"] = {"sklearn": probe_module.MAX_ITER, "torch": logistic.MAX_ITER}
+    result["speedup_torch_over_sklearn"] = round(result["solvers"]["sklearn"]["linear_probe_scores_s"]
+                                                 / result["solvers"]["torch"]["linear_probe_scores_s"], 1)
+    result["max_abs_auroc_difference"] = round(float(np.max(np.abs(np.subtract(aurocs["torch"], aurocs["sklearn"])))), 5)
+    result["max_abs_probability_difference"] = round(float(np.abs(probabilities["torch"]
+                                                                  - probabilities["sklearn"]).max()), 4)
+    result["peak_rss_mib"] = memory_mib()["peak_rss_mib"]
     n = min(int(metrics_studies), len(eval_x))
     if n == 0:
         return result
     subjects = np.sort(rng.integers(0, max(1, int(n / (MIMIC_SPLIT["validate"][1] / MIMIC_SPLIT["validate"][2]))), n))
     started = time.perf_counter()
-    metrics = label_metrics(probabilities[:n], eval_y[:n], eval_mask[:n], absent=absent, subjects=subjects,
+    metrics = label_metrics(probabilities["torch"][:n], eval_y[:n], eval_mask[:n], absent=absent, subjects=subjects,
                             labels=CHEXPERT_LABELS)
     metrics_s = time.perf_counter() - started
     return {
@@ -524,77 +533,89 @@ def child_probe(train: str, evaluate: str, width: str, metrics_studies: str) -> 
 # ------------------------------------------------------------------------------------------ projection
 
 
+def _probe_run(probes: list[dict], train: int, width: int, threads: int) -> dict | None:
+    return next((p for p in probes if (p["train_studies"], p["width"], p["threads"]) == (train, width, threads)), None)
+
+
+def regression_seconds(probes: list[dict], solver: str, width: int, threads: int, studies: int) -> dict:
+    """A solver's seconds for the 14 regressions at ``studies`` train studies: measured at the largest train size
+    (CPU seconds for sklearn on one thread, as the probe ran; wall seconds for torch with ``threads`` threads), scaled
+    linearly in studies (the exponent measured against the smaller size is reported beside it)."""
+    sizes = sorted({p["train_studies"] for p in probes if p["width"] == width and p["threads"] == threads})
+    big = _probe_run(probes, sizes[-1], width, threads)
+    key = "cpu_s" if solver == "sklearn" else "linear_probe_scores_s"
+    measured = big["solvers"][solver][key]
+    exponent = None
+    if len(sizes) > 1:
+        small = _probe_run(probes, sizes[0], width, threads)["solvers"][solver][key]
+        exponent = round(math.log(measured / small) / math.log(sizes[-1] / sizes[0]), 2) if small > 0 else None
+    return {"seconds": measured * studies / sizes[-1], "measured_s": measured, "measured_at_train_studies": sizes[-1],
+            "threads": threads, "exponent_in_studies_measured": exponent}
+
+
 def projection(loader: dict, embed: dict, probes: list[dict]) -> dict:
-    """MIMIC-CXR pretraining on 1 and 8 H200s from the cited GPU rates and the CPU rates measured here.
+    """MIMIC-CXR pretraining on 1 and 8 H200s from the cited GPU rates and the CPU rates measured here, with the
+    probe as it was ("before": process 0 embeds every study, 14 scikit-learn fits one after another on one core) and
+    as it is ("now": every rank embeds its share, the 14 fits at once in torch).
 
     CPU rates are taken per busy core (images or seconds per CPU-second of the process), not from the
     wall clock of this shared machine: the GPU host is assumed to give each worker a core of its own.
+    The batched regressions are timed on this machine's CPU cores (no GPU here): a GPU host fits them on its GPU.
     """
     warm = {run["workers"]: run["warm"] for run in loader["runs"]}
     cold = {run["workers"]: run["cold"] for run in loader["runs"]}
     with_workers = [w for w in warm if w > 0]
     per_worker = min(warm[w]["images"] / warm[w]["cpu_s_workers"] for w in with_workers) if with_workers else None
     main_per_cpu_s = min(warm[w]["images"] / warm[w]["cpu_s_main"] for w in with_workers) if with_workers else None
-    single = loader["probe_loader"]["images_per_cpu_s"]
     batch_bytes = 1 if warm[min(warm)]["batch_dtype"] == "uint8" else 4
     cold_mb_s = max(run["mb_read_per_s"] for run in cold.values())
-    big = max(probes, key=lambda p: (p["train_studies"], -p["width"]))
-    small = {p["width"]: p for p in probes if p["train_studies"] < big["train_studies"]}
+    all_threads = max(p["threads"] for p in probes)
     train_studies = MIMIC_SPLIT["train"][1]
-    scale = train_studies / big["train_studies"]
-    lr_256 = big["cpu_s"] * scale
-    exponent = width_factor = None
-    if 256 in small:
-        exponent = (math.log(big["cpu_s"] / small[256]["cpu_s"])
-                    / math.log(big["train_studies"] / small[256]["train_studies"]))
-        if 768 in small:
-            width_factor = small[768]["cpu_s"] / small[256]["cpu_s"]
-    lr_s = {"xs": lr_256, "b": lr_256 * (width_factor or 3.0)}
-    per_iteration = big["cpu_s"] / sum(big["lbfgs_iterations_per_label"])  # incl. scaling and prediction
-    lr_max = {preset: per_iteration * scale * len(CHEXPERT_LABELS) * big["max_iter"] * (1 if preset == "xs" else
-              (width_factor or 3.0)) for preset in lr_s}
-    memory = {"xs": big["tracemalloc_peak_mib"] * scale, "b": big["tracemalloc_peak_mib"] * scale * 3}
-    metrics_s = big["bootstrap_metrics"]["seconds"]
+    regressions = {
+        "before": {preset: regression_seconds(probes, "sklearn", width, 1, train_studies)
+                   for preset, width in WIDTH.items()},
+        "now": {preset: regression_seconds(probes, "torch", width, all_threads, train_studies)
+                for preset, width in WIDTH.items()},
+    }
+    metrics_s = min(p["bootstrap_metrics"]["seconds"] for p in probes if "bootstrap_metrics" in p)
     train_images = MIMIC_SPLIT["train"][0]
     probe_images = MIMIC_SPLIT["train"][0] + MIMIC_SPLIT["validate"][0]  # every study labelled (MIMIC: all but 8)
     probes_count = 1 + EPOCHS // PROBE_EVERY
+    loader_rate = per_worker * DEFAULT_LOADER_WORKERS if per_worker else None  # one rank's probe loader, images/s
     cases = []
     for case, rate in H200_TRAINING_IMAGES_PER_S.items():
         preset = case.split()[0]
         embed_gpu = EMBED_OVER_TRAINING * rate
-        load_s = probe_images / single if single else 0.0
-        embed_s = probe_images / embed_gpu + load_s
-        per_probe = embed_s + lr_s[preset] + metrics_s
         workers_per_gpu = math.ceil(rate / per_worker) if per_worker else None
         rows = {}
         for gpus in (1, 8):
             efficiency = 1.0 if gpus == 1 else SCALING_EFFICIENCY_8
             total_rate = rate * gpus * efficiency
             train_s = EPOCHS * train_images / total_rate
-            probes_s = probes_count * per_probe
-            rows[f"{gpus}_gpu"] = {
-                "training_images_per_s": round(total_rate), "epoch_training_s": round(train_images / total_rate, 1),
-                "training_h": round(train_s / 3600, 2), "probes_h": round(probes_s / 3600, 2),
-                "total_h": round((train_s + probes_s) / 3600, 2),
-                "probe_share_of_wall_time": round(probes_s / (train_s + probes_s), 3),
+            row = {"training_images_per_s": round(total_rate), "training_h": round(train_s / 3600, 2)}
+            for variant, embedding_ranks in (("before", 1), ("now", gpus)):
+                images = probe_images / embedding_ranks  # what each embedding rank embeds
+                embed_s = max(images / embed_gpu, images / loader_rate if loader_rate else 0.0)
+                per_probe = embed_s + regressions[variant][preset]["seconds"] + metrics_s
+                probes_s = probes_count * per_probe
+                row[variant] = {
+                    "per_probe_s": round(per_probe, 1), "embed_s": round(embed_s, 1),
+                    "regressions_s": round(regressions[variant][preset]["seconds"], 1),
+                    "probes_h": round(probes_s / 3600, 2), "total_h": round((train_s + probes_s) / 3600, 2),
+                    "probe_share_of_wall_time": round(probes_s / (train_s + probes_s), 3),
+                }
+            row.update({
                 "loader_worker_cores_needed": workers_per_gpu * gpus if workers_per_gpu else None,
                 "main_process_cores_for_batches": round(total_rate / main_per_cpu_s, 2) if main_per_cpu_s else None,
                 "store_read_gb_per_s_if_not_in_page_cache": round(total_rate * 256**2 / 1e9, 2),
-            }
+            })
+            rows[f"{gpus}_gpu"] = row
         cases.append({
             "case": case, "preset": preset, "h200_training_images_per_s": rate,
-            "loader_workers_per_gpu": workers_per_gpu,
-            "probe": {"gpu_embed_images_per_s_assumed": round(embed_gpu),
-                      "embed_gpu_s": round(probe_images / embed_gpu), "embed_loader_s_num_workers_0": round(load_s),
-                      "logistic_regressions_s": round(lr_s[preset]), "bootstrap_metrics_s": round(metrics_s, 1),
-                      "per_probe_s": round(per_probe), "probes": probes_count,
-                      "per_probe_s_if_embed_only_at_training_rate": round(
-                          probe_images / rate + load_s + lr_s[preset] + metrics_s),
-                      "embed_loader_s_at_bench_loader_rate": round(probe_images / BENCH_LOADER_IMAGES_PER_S),
-                      "logistic_regressions_s_if_every_label_ran_max_iter": round(lr_max[preset]),
-                      "numpy_peak_mib_estimated": round(memory[preset])},
+            "gpu_embed_images_per_s_assumed": round(embed_gpu), "loader_workers_per_gpu": workers_per_gpu,
             **rows,
-            "speedup_8_over_1_gpu": round(rows["1_gpu"]["total_h"] / rows["8_gpu"]["total_h"], 2),
+            "speedup_8_over_1_gpu": {variant: round(rows["1_gpu"][variant]["total_h"] / rows["8_gpu"][variant]["total_h"],
+                                                    2) for variant in ("before", "now")},
             "ideal_speedup": round(8 * SCALING_EFFICIENCY_8, 1),
         })
     return {
@@ -606,8 +627,8 @@ def projection(loader: dict, embed: dict, probes: list[dict]) -> dict:
         "schedule": {"epochs": EPOCHS, "probe_every": PROBE_EVERY, "probes": probes_count,
                      "probe_embeds_images": probe_images,
                      "note": "pretrain probes after epoch 0 and every 10 epochs (the 200th included); each embeds the "
-                             "labelled train and validate studies once, in the main process alone while the other "
-                             "ranks wait at a barrier (pretrain._probe)"},
+                             "labelled train and validate studies once. before: process 0 alone, while the other ranks "
+                             "wait; now: every rank its share (pretrain._probe, probe.study_vectors)"},
         "inputs": {
             "h200_training_images_per_s": {**H200_TRAINING_IMAGES_PER_S, "source": "BENCHMARKS.md, 'Models on a GPU "
                                            "(H200)', bench_models.py --device cuda --bf16 --studies 128, 2026-11-26"},
@@ -615,30 +636,28 @@ def projection(loader: dict, embed: dict, probes: list[dict]) -> dict:
             "loader_main_process_images_per_core_s_with_workers": round(main_per_cpu_s) if main_per_cpu_s else None,
             "loader_num_workers_0_images_per_core_s_warm": round(warm[0]["images"] / warm[0]["cpu_s_main"])
             if 0 in warm else None,
-            "probe_loader_images_per_core_s_warm": single,
             "loader_cold_mb_per_s_best_wall": cold_mb_s,
             "cpu_embed_xs_images_per_core_s": embed["images_per_cpu_s"],
-            "cpu_embed_mimic_probe_xs_h_one_core": round(probe_images / embed["images_per_cpu_s"] / 3600, 1),
-            "probe_logistic_regressions_cpu_s": {f"{p['train_studies']}x{p['width']}": p["cpu_s"] for p in probes},
-            "probe_logistic_regressions_s_at_mimic_train": {k: round(v) for k, v in lr_s.items()},
-            "probe_cpu_s_exponent_in_train_studies_measured": round(exponent, 2) if exponent is not None else None,
-            "probe_768_over_256_width_factor_measured": round(width_factor, 2) if width_factor else None,
-            "probe_lbfgs_iterations_mean_at_100k": round(float(np.mean(big["lbfgs_iterations_per_label"])), 1),
+            "regressions_at_mimic_train": {variant: {preset: {k: round(v, 2) if isinstance(v, float) else v
+                                                              for k, v in r.items()} for preset, r in by.items()}
+                                           for variant, by in regressions.items()},
+            "bootstrap_metrics_s": metrics_s,
         },
         "assumptions": [
             f"8 GPUs train at 8 × {SCALING_EFFICIENCY_8:.0%} of one GPU's images/s "
             "(DDP; batch 512 studies = 64 per rank)",
-            f"GPU embedding = {EMBED_OVER_TRAINING:g} × that case's training images/s (forward only). Possibly "
-            "optimistic: study_vectors runs without autocast (fp32) and the encoder sees all patches (training: "
-            "half); 'per_probe_s_if_embed_only_at_training_rate' is the pessimistic side",
-            "the probe's loader has num_workers=0 (pretrain._probe passes none), so loading and GPU work are serial: "
-            "embed = images / GPU rate + images / the probe loader's rate per core measured here "
-            "('embed_loader_s_at_bench_loader_rate': at BENCHMARKS.md's 20,604 images/s of bench_loader.py instead)",
-            "the 14 logistic regressions cost their CPU seconds measured here at 100k × 256-d, scaled linearly to "
-            f"{MIMIC_SPLIT['train'][1]:,} train studies (one core of this CPU; they run one after another; the "
-            "measured exponent is given as an input) and by the measured 768-d/256-d factor for b; the vectors "
-            "are synthetic (correlated, one direction per label): real embeddings may need more or fewer L-BFGS "
-            "iterations (capped at max_iter)",
+            f"GPU embedding = {EMBED_OVER_TRAINING:g} × that case's training images/s (forward only; study_vectors "
+            "runs without autocast and the encoder sees all patches, so possibly optimistic)",
+            f"each embedding rank loads through the run's {DEFAULT_LOADER_WORKERS} loader workers (uint8 batches) at "
+            "the warm images per worker core-second measured here, overlapped with the GPU: embed = the slower of "
+            "the two",
+            "regressions before: 14 scikit-learn fits one after another, their CPU seconds on one core measured here "
+            f"at {regressions['before']['xs']['measured_at_train_studies']:,} train studies, scaled linearly to "
+            f"{train_studies:,}; now: the batched torch fit, its wall seconds on this machine's {all_threads} CPU "
+            "cores, scaled the same way (a GPU host fits on the GPU: this is the pessimistic side). The vectors "
+            "are synthetic (correlated, one direction per label): real embeddings may need more or fewer iterations",
+            "the bootstrap metrics of the validate predictions: the seconds measured here on a MIMIC-validate-sized "
+            "split, in the main process",
             "loader workers per GPU = training images/s ÷ warm images per worker CPU-second measured here (the H200 "
             f"host's cores as fast as these, one core per worker); the pin-memory copy and host-to-GPU transfer of "
             f"{warm[min(warm)]['batch_dtype']} batches ({batch_bytes * 64} KiB per image at 256²) are not measured",
@@ -653,22 +672,23 @@ def findings(result: dict) -> list[str]:
     by = {c["case"]: c for c in p["cases"]}
     xs, b = by["xs vanilla bf16"], by["b vanilla bf16"]
     inputs = p["inputs"]
-    lr = inputs["probe_logistic_regressions_s_at_mimic_train"]
     handoff = result["loader"]["batch_handoff_diagnostic_warm"]
-    return [
-        f"First to stop scaling: the probes. 21 probes, each {b['probe']['per_probe_s']:,} s for b "
-        f"({b['probe']['embed_gpu_s']} s GPU embed + {b['probe']['embed_loader_s_num_workers_0']} s of float32 "
-        f"loading with num_workers=0 + {lr['b']:,} s of 14 logistic regressions at 768-d on one CPU core) and "
-        f"{xs['probe']['per_probe_s']:,} s for xs ({lr['xs']:,} s of regressions at 256-d), run by one process "
-        f"whatever the GPU count. b: {b['1_gpu']['total_h']} h on 1 GPU -> {b['8_gpu']['total_h']} h on 8 "
-        f"(x{b['speedup_8_over_1_gpu']}, ideal x{b['ideal_speedup']}); probes are "
-        f"{b['8_gpu']['probe_share_of_wall_time']:.0%} of the 8-GPU wall time. xs: {xs['1_gpu']['total_h']} h -> "
-        f"{xs['8_gpu']['total_h']} h (x{xs['speedup_8_over_1_gpu']}); probes "
-        f"{xs['1_gpu']['probe_share_of_wall_time']:.0%} of it on 1 GPU and "
-        f"{xs['8_gpu']['probe_share_of_wall_time']:.0%} on 8. The regressions took "
-        f"{inputs['probe_lbfgs_iterations_mean_at_100k']} L-BFGS iterations on synthetic "
-        f"vectors; if real vectors took max_iter (1000) for every label, b's would take "
-        f"{b['probe']['logistic_regressions_s_if_every_label_ran_max_iter']:,} s per probe.",
+    lines = [
+        f"Probe solvers on the same vectors, {run['train_studies']:,} x {run['width']}-d, {run['threads']} thread(s): "
+        f"sklearn {run['solvers']['sklearn']['linear_probe_scores_s']} s, torch "
+        f"{run['solvers']['torch']['linear_probe_scores_s']} s (x{run['speedup_torch_over_sklearn']}); largest "
+        f"per-label AUROC difference {run['max_abs_auroc_difference']}"
+        for run in result["probe"]
+    ]
+    shares = []
+    for name, case in (("b", b), ("xs", xs)):
+        before, now = case["8_gpu"]["before"], case["8_gpu"]["now"]
+        shares.append(f"{name}: probes {before['probe_share_of_wall_time']:.0%} -> {now['probe_share_of_wall_time']:.0%} "
+                      f"of the 8-GPU wall time ({before['per_probe_s']:,} s -> {now['per_probe_s']:,} s per probe), "
+                      f"8 GPUs x{case['speedup_8_over_1_gpu']['before']} -> x{case['speedup_8_over_1_gpu']['now']} "
+                      f"(ideal x{case['ideal_speedup']})")
+    lines.append("Projection of MIMIC-CXR pretraining (21 probes): " + "; ".join(shares) + ".")
+    lines += [
         f"Next: the loader at xs rates ({result['loader']['loader_api']}). "
         f"{inputs['loader_images_per_worker_core_s_warm']:,} images per worker core-second (warm) against "
         f"{inputs['loader_num_workers_0_images_per_core_s_warm']:,} in the main process (num_workers=0): handing a "
@@ -686,6 +706,7 @@ def findings(result: dict) -> list[str]:
         f"{p['dataset']['store_gib_at_256']} GiB store stays in the page cache (after the first epoch on a node "
         "with the RAM for it).",
     ]
+    return lines
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -739,10 +760,12 @@ def main() -> None:
                                     str(work))
         if not args.keep:
             shutil.rmtree(root)  # the probe does not need the store: free the disk early
-        result["probe"] = [
-            run_child("probe", threads, str(args.probe_train), str(args.probe_eval), "256", validate),
-            run_child("probe", threads, str(args.probe_small), validate, "256", "0"),
-            run_child("probe", threads, str(args.probe_small), validate, "768", "0"),
+        result["probe"] = [  # per core (--threads) and on every core of this machine
+            run_child("probe", str(count), str(train), str(evaluate), str(width), metrics)
+            for count in sorted({args.threads, available_cpus()})
+            for train, evaluate, metrics in ((args.probe_train, args.probe_eval, validate),
+                                             (args.probe_small, validate, "0"))
+            for width in WIDTH.values()
         ]
         result["projection"] = projection(result["loader"], result["embed"], result["probe"])
         result["findings"] = findings(result)
