@@ -8,7 +8,11 @@
    fused AdamW; after ``WARMUP_STEPS``), giving images/s, and the peak device memory of a step above what
    the weights and optimizer state hold, per image. The same peak at a fixed micro-batch of
    ``--fixed-studies`` studies makes checkpointing off and on comparable at equal work.
-2. End to end: a store of ``--e2e-images`` tiled demo images (``bench_scale.build_store``), then
+2. Probe: the linear probe's 14 regressions on synthetic study vectors (``bench_scale.probe_data``,
+   ``--probe-train`` train studies × a MIMIC-validate-sized eval, 768-d), fitted by the batched torch solver on the
+   GPU and on the host's CPU cores and by the sequential scikit-learn fits, on the same vectors: seconds and the
+   largest per-label AUROC difference from scikit-learn.
+3. End to end: a store of ``--e2e-images`` tiled demo images (``bench_scale.build_store``), then
    ``raddiffusion pretrain`` (bf16, ``--micro-batch auto``, ``--e2e-epochs``) and ``raddiffusion finetune``
    from it, each timed, with their summary lines.
 
@@ -36,7 +40,7 @@ from raddiffusion.models import create
 from raddiffusion.train.microbatch import resolve_micro_batch
 from raddiffusion.train.optim import build_optimizer
 
-from bench_scale import build_store
+from bench_scale import MIMIC_SPLIT, build_store, probe_data, probe_model
 from machine import describe_machine
 
 CASES = [f"{preset}@{size}" for preset in ("xs", "b") for size in (256, 512, 1024)]
@@ -47,6 +51,8 @@ LR, WEIGHT_DECAY = 1.5e-4, 0.05
 GIB = 2**30
 SMOKE_MICRO_BATCH = 2  # studies per step in --smoke (auto needs a GPU)
 DEMO_SUBJECTS = 30  # demo subjects whose images are tiled into the end-to-end store
+PROBE_WIDTH = 768  # b's width
+SMOKE_PROBE_TRAIN = 2000
 
 
 def parse_case(name: str) -> tuple[str, int]:
@@ -154,6 +160,40 @@ def end_to_end(work: Path, args: argparse.Namespace, device: str) -> dict:
             "finetune": finetune}
 
 
+def device_probe(train: int, device: torch.device) -> dict:
+    """The probe's solvers on the same vectors: torch on ``device`` and on the CPU, scikit-learn on the CPU."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from raddiffusion.data.labels import CHEXPERT_LABELS
+    from raddiffusion.train.probe import linear_probe_scores
+
+    rng = np.random.default_rng(0)
+    signal, mixing = probe_model(PROBE_WIDTH)
+    train_x, train_y, train_mask = probe_data(train, PROBE_WIDTH, rng, signal, mixing)
+    eval_x, eval_y, eval_mask = probe_data(MIMIC_SPLIT["validate"][1], PROBE_WIDTH, rng, signal, mixing)
+
+    def fit(solver: str, where: torch.device) -> tuple[float, list[float]]:
+        started = time.perf_counter()
+        probabilities, _ = linear_probe_scores(train_x, train_y, train_mask, eval_x, CHEXPERT_LABELS, solver=solver,
+                                               device=where)
+        synchronize(where)
+        seconds = time.perf_counter() - started
+        return seconds, [roc_auc_score(eval_y[eval_mask[:, k] > 0, k], probabilities[eval_mask[:, k] > 0, k])
+                         for k in range(len(CHEXPERT_LABELS))]
+
+    fit("torch", device)  # warm-up: CUDA context and kernels
+    runs = {"torch_" + device.type: fit("torch", device), "torch_cpu": fit("torch", torch.device("cpu")),
+            "sklearn_cpu": fit("sklearn", torch.device("cpu"))}
+    reference = np.array(runs["sklearn_cpu"][1])
+    return {"probe": {"train_studies": train, "eval_studies": len(eval_x), "width": PROBE_WIDTH,
+                      "cpu_threads": torch.get_num_threads(),
+                      "seconds": {name: round(seconds, 3) for name, (seconds, _) in runs.items()},
+                      "max_abs_auroc_difference_from_sklearn": {
+                          name: round(float(np.abs(np.array(aurocs) - reference).max()), 5)
+                          for name, (_, aurocs) in runs.items() if name != "sklearn_cpu"}}}
+
+
 def record(out: Path, entry: dict) -> None:
     with open(out / "bench_gpu.jsonl", "a") as handle:
         handle.write(json.dumps(entry) + "\n")
@@ -171,6 +211,7 @@ def main() -> None:
     parser.add_argument("--e2e-epochs", type=int, default=1)
     parser.add_argument("--e2e-batch", type=int, default=256, help="pretraining batch, studies")
     parser.add_argument("--workers", type=int, default=8, help="loader workers of the end-to-end run")
+    parser.add_argument("--probe-train", type=int, default=25_000, help="train studies of the probe benchmark")
     parser.add_argument("--smoke", action="store_true", help="a tiny CPU version, to check the script anywhere")
     args = parser.parse_args()
     if not args.smoke and not torch.cuda.is_available():
@@ -190,6 +231,8 @@ def main() -> None:
             entry = measure_case(*parse_case(case), checkpoint, args, device)
             result["steps"].append(entry)
             record(args.out, entry)
+    result["probe"] = device_probe(SMOKE_PROBE_TRAIN if args.smoke else args.probe_train, device)["probe"]
+    record(args.out, {"probe": result["probe"]})
     work = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
     try:
         result["end_to_end"] = end_to_end(work, args, device.type)
