@@ -290,3 +290,59 @@ def test_the_report_shows_an_evaluation_grid(runs, tmp_path):
     assert "Label-efficient evaluation" in text and "10 % of the labels" in text
     assert "0.612 ± 0.011 [0.550, 0.670]" in text and "vs random init: +0.051 [+0.012, +0.090]" in text
     assert text.count("epoch kept:") == 1 and "epoch kept: 0, 3, 0" in text  # fine-tuning rows only
+
+
+FIRST_SCREEN = (1400, 1000)  # a laptop browser's first screen, CSS pixels
+MEASURE_SCRIPT = """<script>window.addEventListener("load", () => {
+  for (const id of IDS) {
+    const box = document.getElementById(id).getBoundingClientRect();
+    document.body.setAttribute("data-box-" + id, [box.left, box.top, box.right, box.bottom].join(" "));
+  }
+});</script>"""
+
+
+@pytest.mark.skipif(chromium() is None, reason=f"no Chromium on PATH (looked for {', '.join(CHROMIUM_NAMES)}); "
+                                               "install it with `apt-get install chromium`")
+def test_the_first_screen_holds_the_headline_figure_and_the_test_table(runs, tmp_path):
+    from raddiffusion.fileio import write_json
+    from raddiffusion.visual.report import HEADLINE_ID, HEADLINE_TABLE_ID
+
+    row = {"model": "vanilla", "method": "probe", "fraction": 0.1, "seeds": 3, "studies": 63, "auroc": 0.612,
+           "auroc_sd": 0.011, "auroc_ci95": [0.55, 0.67],
+           "vs_baseline": {"baseline": "random init", "difference": 0.014, "ci95": [-0.02, 0.05], "within_noise": True}}
+    write_json(tmp_path / "grid" / "evaluate.json", {"split": "test", "settings": {"seeds": 3},
+                                                     "rows": [row, {**row, "fraction": 1.0}]})
+    with pytest.warns(UserWarning):
+        report = write_report(runs, tmp_path / "report.html", evaluation=tmp_path / "grid")
+    text = report.read_text()
+    assert "vanilla − random init, linear probe" in text and "+0.014 [-0.020, +0.050] within noise" in text
+    ids = [HEADLINE_ID, HEADLINE_TABLE_ID]
+    measured = tmp_path / "measured.html"
+    measured.write_text(text.replace("</body>", MEASURE_SCRIPT.replace("IDS", json.dumps(ids)) + "</body>"))
+    done = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+                           f"--window-size={FIRST_SCREEN[0]},{FIRST_SCREEN[1]}", "--dump-dom", measured.resolve().as_uri()],
+                          capture_output=True, timeout=CHROMIUM_TIMEOUT_S, check=False)
+    dom = done.stdout.decode(errors="replace")
+    for name in ids:
+        found = re.search(rf'data-box-{name}="([^"]+)"', dom)
+        assert found, f"Chromium measured no #{name} (exit {done.returncode}): {done.stderr.decode(errors='replace')[-800:]}"
+        left, top, right, bottom = map(float, found[1].split())
+        assert 0 <= left and right <= FIRST_SCREEN[0] and 0 <= top and bottom <= FIRST_SCREEN[1], (name, found[1])
+        assert bottom - top > 40  # drawn, not collapsed
+
+
+def test_log_axes_are_labelled_without_mathtext(tmp_path, store, monkeypatch):
+    """Mathtext (matplotlib's default for log ticks) looks up Computer Modern fonts and can warn about them."""
+    import matplotlib.mathtext
+
+    from raddiffusion.visual.report import evaluation_figure, find_runs, loss_figure
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a figure rendered mathtext")
+
+    monkeypatch.setattr(matplotlib.mathtext.MathTextParser, "parse", refuse)
+    rows = [{"model": "vanilla", "method": "probe", "fraction": f, "auroc": 0.6 + f / 10, "auroc_sd": 0.01}
+            for f in (0.01, 0.1, 1.0)]
+    assert evaluation_figure(rows).startswith(b"\x89PNG")
+    run = pretrain_dir(tmp_path / "steep" / "pretrain", "vanilla", store, [80.0, 9.0, 1.2, 0.5], [probe(0, 0.5, 0.3)])
+    assert loss_figure(find_runs([run.parent])).startswith(b"\x89PNG")  # losses over 160x: a log axis

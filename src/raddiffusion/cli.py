@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_demo(commands)
     _add_synth(commands)
+    _add_download(commands)
     _add_preprocess(commands)
     _add_pretrain(commands)
     _add_probe(commands)
@@ -116,6 +117,30 @@ def _add_synth(commands) -> None:
     cmd.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     cmd.add_argument("--workers", type=_positive_int, default=None, help="processes (default: all CPUs)")
     cmd.set_defaults(handler=run_synth)
+
+
+def _add_download(commands) -> None:
+    cmd = commands.add_parser(
+        "download",
+        help="download a public chest X-ray dataset (NIH ChestX-ray14, Shenzhen, Montgomery), verified and laid out "
+        "for preprocess",
+        description="Download the files of an openly licensed chest X-ray dataset into ROOT, check each (published "
+        "size and SHA-256 where the publisher gives them; otherwise the SHA-256 computed at download is printed and "
+        "kept in ROOT/download.json), unpack the archives (each one atomically: all or nothing) and lay ROOT out so "
+        "that `raddiffusion preprocess ROOT STORE` reads it with no flag. An interrupted download resumes where it "
+        "stopped when the same command runs again. `--list` shows every set with its size, licence and citation, "
+        "including those that need a user agreement (CheXpert, MIMIC-CXR, VinDr-CXR, PadChest): for those it names "
+        "the page to get them; it never fetches them.",
+    )
+    cmd.add_argument("name", nargs="?", metavar="NAME", help="the dataset (see --list)")
+    cmd.add_argument("root", nargs="?", type=Path, metavar="ROOT", help="folder to download into (created)")
+    cmd.add_argument("--list", action="store_true", help="list the datasets and exit")
+    cmd.add_argument("--table", type=Path, default=None, metavar="FILE.json",
+                     help="a table of datasets of the same shape as the built-in one (e.g. a mirror at your site)")
+    cmd.add_argument("--keep-archives", action="store_true",
+                     help="keep the downloaded archives in ROOT/.downloads after unpacking (default: removed)")
+    cmd.add_argument("--quiet", action="store_true", help="no progress bars")
+    cmd.set_defaults(handler=run_download)
 
 
 def _add_preprocess(commands) -> None:
@@ -684,6 +709,23 @@ def run_synth(args: argparse.Namespace, argv: list[str]) -> None:
         f"({summary.labelled_studies} labelled) from {summary.subjects} subjects to {args.out} "
         f"in the {summary.layout} layout in {time.perf_counter() - started:.1f}s"
     )
+
+
+def run_download(args: argparse.Namespace, argv: list[str]) -> None:
+    from .data.public import download, format_catalog, read_catalog
+
+    if args.list:
+        print(format_catalog(read_catalog(args.table)))
+        return
+    if args.name is None or args.root is None:
+        raise ValueError("give NAME and ROOT (e.g. `raddiffusion download shenzhen data/shenzhen`), or --list")
+    started = time.perf_counter()
+    done = download(args.name, args.root, args.table, args.keep_archives, progress=not args.quiet)
+    then = f"raddiffusion preprocess {done.root} STORE"
+    if done.missing:  # published on the set's page without a direct link
+        then = f"put {', '.join(done.missing)} from {done.page} into {done.root}, then {then}"
+    print(f"download {done.name}: {done.files} files ({done.fetched} fetched now, {done.bytes / 1e9:.2f} GB in all), "
+          f"{done.images:,} images in {done.root} ({time.perf_counter() - started:.0f}s); next: {then}")
 
 
 def run_preprocess(args: argparse.Namespace, argv: list[str]) -> None:

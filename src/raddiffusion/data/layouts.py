@@ -1,9 +1,10 @@
 """Which reader a dataset folder needs, and reading it: the one entry point to the readers.
 
 ``detect_layout`` looks at the files at ROOT: MIMIC-CXR's metadata CSV, CheXpert's ``train.csv`` +
-``valid.csv``, NIH's Data_Entry CSV, in that order; failing those, a DICOM file among the first
-:data:`~.dicom_export.DETECT_FILES` files of the tree makes it a DICOM export (layout ``dicom``). Any
-other folder is read with a manifest CSV (layout ``csv``).
+``valid.csv``, NIH's Data_Entry CSV, a ``manifest.csv`` (:data:`DEFAULT_MANIFEST`: what ``raddiffusion download``
+writes for a CSV-manifest set), in that order; failing those, a DICOM file among the first
+:data:`~.dicom_export.DETECT_FILES` files of the tree makes it a DICOM export (layout ``dicom``). Any other folder is
+read with a manifest CSV given by the user (layout ``csv``).
 """
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ from .nih import find_data_entry, read_nih
 from .tree import DataError, ImageTree, find_csv
 
 LAYOUTS = ("mimic", "chexpert", "nih", "dicom", "csv")
+DEFAULT_MANIFEST = "manifest.csv"  # a manifest at ROOT under this name is read without --manifest
 
-__all__ = ["LAYOUTS", "detect_layout", "read_tree"]
+__all__ = ["DEFAULT_MANIFEST", "LAYOUTS", "detect_layout", "read_tree"]
 
 
 def detect_layout(root: str | Path) -> str:
-    """The layout of the dataset folder ``root`` (one of :data:`LAYOUTS` but ``csv``), or a one-line DataError."""
+    """The layout of the dataset folder ``root`` (one of :data:`LAYOUTS`), or a one-line DataError."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a directory")
@@ -32,11 +34,13 @@ def detect_layout(root: str | Path) -> str:
         return "chexpert"
     if find_data_entry(root) is not None:
         return "nih"
+    if (root / DEFAULT_MANIFEST).is_file():
+        return "csv"
     if is_dicom_export(root):
         return "dicom"
     raise DataError(
         f"{root}: no known layout (looked for {METADATA_CSV}(.gz), {TRAIN_CSV} + {VALID_CSV}, "
-        f"Data_Entry_2017(_v2020).csv, DICOM files among the first {DETECT_FILES}); give --layout dicom for a "
+        f"Data_Entry_2017(_v2020).csv, {DEFAULT_MANIFEST}, DICOM files among the first {DETECT_FILES}); give --layout dicom for a "
         "folder of DICOM files, or --layout csv --manifest FILE"
     )
 
@@ -61,9 +65,11 @@ def read_tree(
         if layout not in (None, "csv"):
             raise ValueError(f"a manifest is read with layout csv, not {layout!r}")
         layout = "csv"
-    if layout == "csv" and manifest is None:
-        raise ValueError("layout csv needs a manifest CSV (--manifest FILE)")
     layout = layout or detect_layout(root)
+    if layout == "csv" and manifest is None:
+        if not (Path(root) / DEFAULT_MANIFEST).is_file():
+            raise ValueError(f"layout csv needs a manifest CSV (--manifest FILE, or {DEFAULT_MANIFEST} in ROOT)")
+        manifest = Path(root) / DEFAULT_MANIFEST
     if carve is not None and layout != "chexpert":
         raise ValueError(f"carve applies to the chexpert layout only, not {layout}")
     if export is not None and layout != "dicom":

@@ -1,4 +1,9 @@
-"""One self-contained HTML report of one or more runs: settings, data, losses, probes, test metrics, figures.
+"""One self-contained HTML report of one or more runs: the result first, then probes, test metrics, the grid,
+figures, losses, data, runs and (folded) settings.
+
+The first screen answers the question: the probe curves, each run's test and probe means with intervals, and the
+paired comparisons in words ("within noise" when the interval holds 0), with the grid's differences from its
+baselines when there is one.
 
 A run is an experiment directory ``NAME/`` (``pretrain/`` and ``finetune``, ``finetune-2``, ...: the
 highest-numbered finished one is shown), or a bare pretraining or fine-tuning run directory. Every
@@ -21,6 +26,7 @@ from pathlib import Path
 
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.ticker import FuncFormatter, NullFormatter
 from PIL import Image
 
 from ..fileio import atomic_path, read_json
@@ -71,6 +77,8 @@ LABEL_SIZE = 9
 EVALUATION_WIDTH, EVALUATION_HEIGHT = 7.0, 4.0  # inches
 CHANCE_AUROC = 0.5
 EVALUATION_ANCHOR = "evaluation"
+ANSWER_ANCHOR, HEADLINE_ID, HEADLINE_TABLE_ID = "result", "headline", "headline-table"
+HEADLINE_MAX_PX = 1100  # the headline figure's widest display: it and the table below it fit a laptop's first screen
 SMALL_IMAGE_PX, MAX_ENLARGEMENT = 480, 4  # images narrower than this are enlarged (tiny studies' GIFs)
 TIME_FORMAT = "%Y-%m-%d %H:%M UTC"
 
@@ -103,7 +111,9 @@ figure img.small { image-rendering: pixelated; }
 figure { margin: 0 0 12px; }
 figure img { display: block; max-width: 100%; height: auto; border: 1px solid #e2e2e2; }
 figcaption { font-size: 12px; color: #555; margin-top: 2px; }
-"""
+details > summary { cursor: pointer; font-size: 19px; font-weight: 600; margin: 32px 0 8px; padding-bottom: 4px;
+                    border-bottom: 1px solid #ccc; }
+""" + f"#{HEADLINE_ID} img {{ max-width: min(100%, {HEADLINE_MAX_PX}px); }}\n"
 
 
 @dataclass
@@ -285,10 +295,11 @@ def number_cell(value: object, decimals: int = DECIMALS, best: bool = False, rea
     return f'<td class="num">{f"<b class=best>{text}</b>" if best else text}</td>'
 
 
-def table(header: list[str], rows: list[str], header_rows: list[str] | None = None) -> str:
+def table(header: list[str], rows: list[str], header_rows: list[str] | None = None, table_id: str | None = None) -> str:
     """A scrollable table: ``header`` cells are escaped; ``rows`` are ready ``<tr>`` strings."""
     head = header_rows or ["<tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"]
-    return f'<div class="wrap"><table><thead>{"".join(head)}</thead><tbody>{"".join(rows)}</tbody></table></div>'
+    identity = f' id="{esc(table_id)}"' if table_id else ""
+    return f'<div class="wrap"><table{identity}><thead>{"".join(head)}</thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
 def missing(text: str) -> str:
@@ -303,11 +314,12 @@ def data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def image_figure(data: bytes, mime: str, caption: str) -> str:
+def image_figure(data: bytes, mime: str, caption: str, anchor: str | None = None) -> str:
     """An embedded image with a caption; a small one is shown enlarged by a whole factor, pixels kept sharp."""
     scale = enlargement(data)
     size = f' class="small" style="width: {scale * image_width(data)}px"' if scale > 1 else ""
-    return (f'<figure><img src="{data_uri(data, mime)}" alt="{esc(caption)}"{size}>'
+    identity = f' id="{esc(anchor)}"' if anchor else ""
+    return (f'<figure{identity}><img src="{data_uri(data, mime)}" alt="{esc(caption)}"{size}>'
             f"<figcaption>{esc(caption)}</figcaption></figure>")
 
 
@@ -325,9 +337,9 @@ def enlargement(data: bytes) -> int:
     return max(1, min(MAX_ENLARGEMENT, SMALL_IMAGE_PX // max(width, 1)))
 
 
-def file_figure(path: Path, caption: str) -> str:
+def file_figure(path: Path, caption: str, anchor: str | None = None) -> str:
     mime = "image/gif" if path.suffix.lower() == ".gif" else "image/png"
-    return image_figure(path.read_bytes(), mime, caption)
+    return image_figure(path.read_bytes(), mime, caption, anchor)
 
 
 def columns(cells: list[str]) -> str:
@@ -338,6 +350,11 @@ def columns(cells: list[str]) -> str:
 
 def section(anchor: str, title: str, body: str) -> str:
     return f'<section id="{esc(anchor)}"><h2>{esc(title)}</h2>{body}</section>'
+
+
+def folded_section(anchor: str, title: str, body: str) -> str:
+    """A section shown by its title alone until opened."""
+    return f'<details id="{esc(anchor)}"><summary>{esc(title)}</summary>{body}</details>'
 
 
 # sections -----------------------------------------------------------------------------------------------------------
@@ -413,7 +430,8 @@ def configuration_section(runs: list[RunFiles]) -> str:
         body += absent_configs(runs, configs, title != "Fine-tuning")
         parts.append(f"<div><h3>{esc(title)}</h3>{body}</div>")
     intro = note("Rows whose values differ between runs are highlighted.") if len(runs) > 1 else ""
-    return section("configuration", "Configuration", f'{intro}<div class="tables">{"".join(parts)}</div>')
+    return folded_section("configuration", "Configuration (click to open)",
+                          f'{intro}<div class="tables">{"".join(parts)}</div>')
 
 
 def absent_configs(runs: list[RunFiles], configs: list[dict | None], pretraining: bool) -> str:
@@ -506,8 +524,19 @@ def loss_axis(ax: Axes, values: list[float], name: str) -> None:
     """Label the y axis ``name``; log scale when the positive ``values`` span more than :data:`LOG_SCALE_RATIO`."""
     if values and min(values) > 0 and max(values) / min(values) > LOG_SCALE_RATIO:
         ax.set_yscale("log")
+        plain_ticks(ax.yaxis, "{:g}")
         name += " (log scale)"
     ax.set_ylabel(name, fontsize=LABEL_SIZE)
+
+
+def plain_ticks(axis, template: str) -> None:
+    """Tick labels of a log axis as plain text (``template.format(value)``), no minor labels.
+
+    Matplotlib writes log ticks as mathtext (``10⁻¹``), whose renderer looks up Computer Modern fonts and warns about
+    them where a font cache lacks them: a warning no user can act on.
+    """
+    axis.set_major_formatter(FuncFormatter(lambda value, _: template.format(value)))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def plot_pretrain_losses(ax: Axes, runs: list[RunFiles]) -> None:
@@ -711,19 +740,86 @@ def count_row(name: str, values: list[object]) -> str:
     return f"<tr><th>{esc(name)}</th>{cells}</tr>"
 
 
-def probe_section(runs: list[RunFiles], bars_dirs: list[Path]) -> str:
-    """Linear-probe curves of all runs in one plot, the probe table and the per-label bars."""
+def answer_section(runs: list[RunFiles], histories: list[list[dict]], evaluation: Path | None) -> str:
+    """The first screen: the probe curves (the headline figure), each run's test and probe means with their
+    intervals, and what the paired comparisons say, in words; with a grid, what pretraining added at each fraction."""
+    probed = [(run, run.pretrain) for run, history in zip(runs, histories) if history]
+    body = ""
+    if probed:
+        with tempfile.TemporaryDirectory() as tmp:
+            curves = probe_curves_figure([p for _, p in probed], Path(tmp) / "curves.png",
+                                         [run.label for run, _ in probed])
+            body += file_figure(curves, "linear probe: mean AUROC and AUPRC by epoch (train → validate)",
+                                anchor=HEADLINE_ID)
+    else:
+        body += missing(f"no probe results ({PROBE_FILES}) in any run: no probe curve")
+    tests = [read_optional(run.finetune / TEST_METRICS) if run.finetune else None for run in runs]
+    lasts = [history[-1] if history else None for history in histories]
+    body += headline_table(runs, tests, lasts)
+    tested = [(run, result) for run, result in zip(runs, tests) if result]
+    sentences = [paired_best([run.label for run, _ in tested], [run.finetune / TEST_PREDICTIONS for run, _ in tested])[1]
+                 if len(tested) > 1 else "",
+                 probe_comparison(runs, lasts)[1]]
+    prefixes = ("Test, fine-tuned: ", "Linear probe, last epoch: ")
+    body += "".join(note(prefix + text) for prefix, text in zip(prefixes, sentences) if text)
+    if evaluation is not None:
+        body += pretraining_added(read_optional(evaluation / EVALUATE_JSON))
+    return section(ANSWER_ANCHOR, "Result", body)
+
+
+def headline_table(runs: list[RunFiles], tests: list[dict | None], lasts: list[dict | None]) -> str:
+    """One row per run: test mean AUROC and AUPRC with 95 % intervals, and the last probe's mean AUROC."""
+    rows = []
+    for run, test, last in zip(runs, tests, lasts):
+        cells = "".join(mean_cell(record, metric) for record, metric in ((test, "auroc"), (test, "auprc"),
+                                                                           (last, "auroc")))
+        studies = test.get("studies", MISSING_VALUE) if test else MISSING_VALUE
+        probe_epoch = f"epoch {last['epoch']}" if last else MISSING_VALUE
+        rows.append(f"<tr><th>{esc(run.label)}</th>{cells}<td class=num>{esc(studies)}</td>"
+                    f"<td class=num>{esc(probe_epoch)}</td></tr>")
+    header = ["run", "test mean AUROC [95 %]", "test mean AUPRC [95 %]", "probe mean AUROC [95 %]", "test studies",
+              "probe epoch"]
+    return table(header, rows, table_id=HEADLINE_TABLE_ID)
+
+
+def mean_cell(record: dict | None, metric: str) -> str:
+    """``0.712 [0.650, 0.771]``: a record's mean of ``metric`` with its interval (``n/a`` without one)."""
+    value = mean_of(record, metric)
+    if not is_number(value):
+        return f'<td class="na">{MISSING_VALUE}</td>'
+    return f'<td class="num">{esc(number(value))} {esc(format_interval(mean_of(record, metric + CI_SUFFIX)))}</td>'
+
+
+def pretraining_added(evaluation: dict | None) -> str:
+    """The grid's paired differences from the baseline (random init / from scratch), model and method × fraction."""
+    rows = (evaluation or {}).get("rows")
+    if not isinstance(rows, list) or not rows:
+        return missing("no readable evaluation grid")
+    compared = [r for r in rows if r.get("vs_baseline")]
+    if not compared:
+        return note("The evaluation grid has no baseline to compare with (run evaluate with --baselines).")
+    fractions = sorted({r["fraction"] for r in compared})
+    by_key = {(r["model"], r["method"], r["fraction"]): r for r in compared}
+    lines = []
+    for model, method in dict.fromkeys((r["model"], r["method"]) for r in compared):
+        baseline = next(r["vs_baseline"]["baseline"] for r in compared if (r["model"], r["method"]) == (model, method))
+        cells = "".join(f'<td class="num">{esc(difference_text(by_key.get((model, method, f))))}</td>'
+                        for f in fractions)
+        lines.append(f"<tr><th>{esc(model)} − {esc(baseline)}, {esc(METHOD_NAMES.get(method, method))}</th>{cells}</tr>")
+    header = ["what pretraining added (mean AUROC, paired 95 %)", *(f"{fraction_name(f)} of the labels"
+                                                                   for f in fractions)]
+    return table(header, lines)
+
+
+def probe_section(runs: list[RunFiles], histories: list[list[dict]], bars_dirs: list[Path]) -> str:
+    """The probe table (last epoch per label, means, epoch 0) and the per-label bars."""
     pretrains = [run.pretrain for run in runs]
-    histories = [read_probe_history(p) if p else [] for p in pretrains]
     probed = [(run, p) for run, p, h in zip(runs, pretrains, histories) if h]
     absent = [run.label for run, h in zip(runs, histories) if not h]
     body = note("Logistic regression per label on frozen study vectors: fit on train, scored on validate. "
                 "Epoch 0 is the initialised encoder. n/a: label absent from the evaluation (hover for why).")
     if probed:
-        with tempfile.TemporaryDirectory() as tmp:
-            curves = probe_curves_figure([p for _, p in probed], Path(tmp) / "curves.png",
-                                         [run.label for run, _ in probed])
-            body += file_figure(curves, "linear probe: mean AUROC and AUPRC by epoch")
+        body += note("The curves by epoch lead the report (Result).")
         body += probe_table(runs, histories)
         comparison = probe_comparison(runs, [h[-1] if h else None for h in histories])[1]
         body += note(comparison) if comparison else ""
@@ -866,6 +962,8 @@ def evaluation_figure(rows: list[dict]) -> bytes:
                         yerr=[r.get("auroc_sd") or 0.0 for r in line], marker="o", capsize=3,
                         label=f"{model}, {METHOD_NAMES.get(method, method)}")
     ax.set_xscale("log")
+    ax.set_xticks(sorted({r["fraction"] for r in rows}))
+    plain_ticks(ax.xaxis, "{:.0%}")
     ax.axhline(CHANCE_AUROC, color="grey", linewidth=0.8, linestyle=":")
     ax.set_xlabel("share of the train labels used")
     ax.set_ylabel("mean AUROC")
@@ -913,10 +1011,9 @@ def figures_sections(runs: list[RunFiles]) -> str:
             + section("attention", "Attention maps", columns(attention)))
 
 
-NAVIGATION = (("runs", "Runs"), ("configuration", "Configuration"), ("data", "Data"), ("losses", "Losses"),
-              ("probe", "Linear probe"), ("test", "Test"), (EVALUATION_ANCHOR, "Evaluation"),
-              ("reconstructions", "Reconstructions"),
-              ("animation", "Animation"), ("attention", "Attention"))
+NAVIGATION = ((ANSWER_ANCHOR, "Result"), ("probe", "Linear probe"), ("test", "Test"), (EVALUATION_ANCHOR, "Evaluation"),
+              ("reconstructions", "Reconstructions"), ("animation", "Animation"), ("attention", "Attention"),
+              ("losses", "Losses"), ("data", "Data"), ("runs", "Runs"), ("configuration", "Configuration"))
 
 
 def header_html(title: str, runs: list[RunFiles], evaluation: bool = False) -> str:
@@ -933,10 +1030,12 @@ def header_html(title: str, runs: list[RunFiles], evaluation: bool = False) -> s
 def report_html(runs: list[RunFiles], title: str, store: Path | None, link_root: Path,
                 evaluation: Path | None = None) -> str:
     """The whole HTML document."""
+    histories = [read_probe_history(run.pretrain) if run.pretrain else [] for run in runs]
     body = "".join([
-        header_html(title, runs, evaluation is not None), runs_section(runs), configuration_section(runs), data_section(runs, store),
-        losses_section(runs), probe_section(runs, labelled_links(runs, link_root)), finetune_test_section(runs),
-        evaluation_section(evaluation) if evaluation else "", figures_sections(runs),
+        header_html(title, runs, evaluation is not None), answer_section(runs, histories, evaluation),
+        probe_section(runs, histories, labelled_links(runs, link_root)), finetune_test_section(runs),
+        evaluation_section(evaluation) if evaluation else "", figures_sections(runs), losses_section(runs),
+        data_section(runs, store), runs_section(runs), configuration_section(runs),
     ])
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
