@@ -590,7 +590,7 @@ def test_no_known_layout_message(tmp_path):
         detect_layout(tmp_path / "stuff")
     assert str(error.value) == (
         f"{tmp_path / 'stuff'}: no known layout (looked for mimic-cxr-2.0.0-metadata.csv(.gz), train.csv + valid.csv, "
-        "Data_Entry_2017(_v2020).csv, DICOM files among the first 64); give --layout dicom for a folder of DICOM "
+        "Data_Entry_2017(_v2020).csv, manifest.csv, DICOM files among the first 64); give --layout dicom for a folder of DICOM "
         "files, or --layout csv --manifest FILE"
     )
     with pytest.raises(DataError, match="no known layout"):
@@ -676,3 +676,15 @@ def test_real_radiographs_in_chexpert_and_nih_layouts(tmp_path):
         assert png_pixels.std() > 20  # a radiograph, not a blank
     chexpert_pixels, _ = decode.read_image(chexpert / chexpert_tree_.images["path"][0], 256)
     assert np.array_equal(chexpert_pixels, decode.read_image(jpgs[0], 256)[0])
+
+
+def test_a_manifest_csv_in_root_is_read_without_the_flag(tmp_path):
+    root = tmp_path / "set"
+    (root / "img").mkdir(parents=True)
+    for n in range(4):
+        Image.fromarray(np.full((20, 20), 40 * n, np.uint8)).save(root / "img" / f"{n}.png")
+    pd.DataFrame({"path": [f"img/{n}.png" for n in range(4)], "subject": range(1, 5), "TB": [0, 1, 0, 1]}).to_csv(
+        root / "manifest.csv", index=False)
+    assert detect_layout(root) == "csv"
+    tree = read_tree(root)
+    assert len(tree.images) == 4 and tree.label_names == ("TB",)
