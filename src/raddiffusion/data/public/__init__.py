@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def format_catalog(catalog: dict[str, dict]) -> str:
 
 
 def download(name: str, root: str | Path, table: str | Path | None = None, keep_archives: bool = False,
-             progress: bool = True, echo=print) -> Downloaded:
+             progress: bool = True, echo: Callable[[str], None] = print) -> Downloaded:
     """Fetch, verify and lay out the set ``name`` in ``root`` so that ``raddiffusion preprocess ROOT STORE`` reads it."""
     catalog = read_catalog(table)
     if name not in catalog:
