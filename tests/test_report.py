@@ -193,6 +193,14 @@ def test_text_is_escaped(runs, tmp_path):
     assert DIFF_NAME not in text and html.escape(DIFF_NAME) in text
 
 
+def test_a_run_named_after_its_scheme_is_not_labelled_twice(runs, tmp_path):
+    from raddiffusion.visual.report import find_runs
+
+    named = tmp_path / "runs" / "vanilla"
+    shutil.copytree(runs[0], named)
+    assert [run.label for run in find_runs([runs[0], named])] == ["mae (vanilla)", "vanilla"]
+
+
 def test_a_bare_pretraining_or_finetuning_directory_is_a_run(runs, tmp_path):
     text = report_text([runs[0] / "pretrain"], tmp_path)
     assert "mae/pretrain (vanilla)" in text and "a pretraining run alone" in text
@@ -269,6 +277,9 @@ def test_a_run_is_marked_best_only_beyond_noise(tmp_path):
     assert flags == [True, False] and "good is marked best" in text and "good is better" in text
     flags, text = paired_best(["good", "same"], [good, same])
     assert flags == [False, False] and "within noise" in text
+    signed = r"[+-]\d\.\d{3}"
+    low, high = re.search(rf"(?:good − same|same − good) = {signed} \[({signed}), ({signed})\]", text).groups()
+    assert float(low) <= 0 <= float(high)  # both bounds signed, as a difference's interval
     flags, text = paired_best(["good", "missing"], [good, tmp_path / "absent.csv"])
     assert flags == [False, False] and "not every run has per-study predictions" in text
 

@@ -59,7 +59,11 @@ def run_scheme(run_dir: Path) -> str | None:
 def run_label(run_dir: Path) -> str:
     """``"<dir name> (<scheme>)"``, or the directory name when it already names the scheme or the config
     does not say it."""
-    name, scheme = Path(run_dir).name, run_scheme(run_dir)
+    return scheme_label(Path(run_dir).name, run_scheme(run_dir))
+
+
+def scheme_label(name: str, scheme: str | None) -> str:
+    """``"<name> (<scheme>)"``, or ``name`` alone when it already names the scheme or there is none."""
     return f"{name} ({scheme})" if scheme and scheme not in name else name
 
 

@@ -30,7 +30,7 @@ from matplotlib.ticker import FuncFormatter, NullFormatter
 from PIL import Image
 
 from ..fileio import atomic_path, read_json
-from ..results.compare import compare_predictions, verdict
+from ..results.compare import compare_predictions, signed_interval, verdict
 from ..results.evaluation import (
     EVALUATE_JSON,
     KEPT_EPOCHS_NOTE,
@@ -53,6 +53,7 @@ from .curves import (
     label_bars_figure,
     probe_curves_figure,
     read_probe_history,
+    scheme_label,
 )
 from .reconstruction import DPI, framed_figure
 
@@ -215,8 +216,7 @@ def find_runs(paths: Iterable[Path]) -> list[RunFiles]:
     runs = [find_run(Path(p)) for p in paths]
     seen: dict[str, int] = {}
     for run in runs:
-        scheme = run.scheme()
-        label = f"{run.name} ({scheme})" if scheme else run.name
+        label = scheme_label(run.name, run.scheme())
         seen[label] = seen.get(label, 0) + 1
         run.label = label if seen[label] == 1 else f"{label} #{seen[label]}"
     return runs
@@ -670,7 +670,7 @@ def paired_best(labels: list[str], files: list[Path | None]) -> tuple[list[bool]
                    for k in range(len(files)) if k != top]
     except PredictionsError as error:
         return none, f"No run is marked best: {error}."
-    parts = [f"{labels[top]} − {labels[k]} = {d['difference']:+.3f} {format_interval(d['ci95'])}: "
+    parts = [f"{labels[top]} − {labels[k]} = {d['difference']:+.3f} {signed_interval(d['ci95'])}: "
              f"{verdict(d, labels[top], labels[k])}" for k, d in results]
     established = all(not d["within_noise"] for _, d in results)
     flags = [established and k == top for k in range(len(files))]
