@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import pytest
@@ -92,7 +91,7 @@ def test_the_mean_auprc_interval_holds_its_point_when_rare_labels_drop_out_of_re
     result = bs.metric_intervals(probabilities, targets, None, subjects, labels, resamples=500)
     point = np.mean([average_precision_score(targets[:, k], probabilities[:, k]) for k in labels])
     low, high = result["mean"]["auprc_ci95"]
-    assert low < point < high  # with the rare labels left out of resamples: point 0.521, interval [0.524, 0.826]
+    assert low < point < high  # with the rare labels left out of resamples: point 0.521, interval [0.523, 0.824]
 
 
 def test_patient_weights_keep_patients_whole_and_follow_the_seed():

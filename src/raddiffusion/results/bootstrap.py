@@ -158,8 +158,8 @@ def resampled_label_mean(values: np.ndarray, point: np.ndarray) -> np.ndarray:
     its negatives all left out) counted at its full-sample value ``point`` ``[labels]``.
 
     So every resample averages the same labels as the point estimate. Leaving such labels out instead makes the
-    mean of a resample skip the rarest labels (often those with the lowest AUPRC) in about a third of the
-    resamples each, which pushes the interval above the point estimate.
+    mean of a resample skip the rarest labels in about a third of the resamples each: the interval widens and,
+    since rare labels have the lowest AUPRC, rises above the point estimate.
     """
     point = np.asarray(point, dtype=np.float64).reshape(-1, 1)
     return finite_mean(np.where(np.isfinite(values), values, point))
